@@ -1,0 +1,170 @@
+"""Building fresh AutoGen agents from a workflow's agent specs, wired for accounting.
+
+Each request gets new agents: AutoGen agents keep per-conversation state, and sharing them across
+requests would leak one user's chat into another's. Every agent built here checks the run's limits
+before each LLM call and reports each message it says to the run's transcript.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from autobots.agents.transcript import Transcript, message_text
+from autobots.llm.endpoints import NoUsableEndpoint, ResolvedLLMConfig
+from autobots.llm.usage import UsageRecorder
+from autobots.schemas.workflow import AgentConfig, AgentFlowSpec, AgentType, LLMConfig
+from autogen import AssistantAgent, ConversableAgent, GroupChat, GroupChatManager, UserProxyAgent
+from autogen.agentchat import Agent
+
+# Given an agent's config, the AutoGen code executor for it (or None for no execution).
+ExecutorSource = Callable[[AgentConfig], Any]
+# Given a request's llm_config, the resolved AutoGen config (credentials, prices).
+LLMResolver = Callable[[LLMConfig], ResolvedLLMConfig]
+
+
+class WorkflowConfigError(ValueError):
+    """The workflow cannot be built as given; the message says what to change."""
+
+
+class BudgetedGroupChat(GroupChat):
+    """A GroupChat that checks the run's limits before each speaker selection (an LLM call)."""
+
+    def __init__(self, *args: Any, recorder: UsageRecorder, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._recorder = recorder
+
+    def select_speaker(self, last_speaker: Agent, selector: ConversableAgent) -> Agent:
+        self._recorder.check()
+        return super().select_speaker(last_speaker, selector)
+
+
+class AgentFactory:
+    def __init__(
+        self,
+        recorder: UsageRecorder,
+        transcript: Transcript,
+        resolve_llm: LLMResolver,
+        executors: ExecutorSource | None = None,
+    ) -> None:
+        self.recorder = recorder
+        self.transcript = transcript
+        self._resolve_llm = resolve_llm
+        self._executors = executors
+        self.requested_models: list[str] = []
+
+    def llm_config_for(self, spec: AgentFlowSpec) -> dict[str, Any] | bool:
+        """AutoGen's llm_config for an agent; assistants and managers get the default model."""
+        cfg = spec.config.llm_config
+        if cfg is False or (cfg is None and spec.type is AgentType.userproxy):
+            return False
+        try:
+            resolved = self._resolve_llm(cfg or LLMConfig())
+        except NoUsableEndpoint as exc:
+            raise WorkflowConfigError(f"agent '{spec.agent_name}': {exc}") from exc
+        for model in resolved.requested_models:
+            if model not in self.requested_models:
+                self.requested_models.append(model)
+        return resolved.llm_config
+
+    def build(self, spec: AgentFlowSpec) -> ConversableAgent:
+        if spec.type is AgentType.groupchat:
+            return self.group_manager(spec, spec.agents)
+        cfg = spec.config
+        kwargs: dict[str, Any] = {
+            "name": spec.agent_name,
+            "llm_config": self.llm_config_for(spec),
+            "human_input_mode": cfg.human_input_mode.value,
+            "max_consecutive_auto_reply": cfg.max_consecutive_auto_reply,
+            "is_termination_msg": termination_check(cfg.is_termination_msg),
+            "code_execution_config": self._code_execution(cfg),
+            "default_auto_reply": cfg.default_auto_reply,
+        }
+        if cfg.description:
+            kwargs["description"] = cfg.description
+        if spec.type is AgentType.assistant:
+            kwargs["system_message"] = cfg.system_message or AssistantAgent.DEFAULT_SYSTEM_MESSAGE
+            agent: ConversableAgent = AssistantAgent(**kwargs)
+        else:
+            kwargs["system_message"] = cfg.system_message or ""
+            agent = UserProxyAgent(**kwargs)
+        return self._wire(agent)
+
+    def default_user_proxy(self, name: str = "userproxy") -> ConversableAgent:
+        """The sender used when a workflow names none: no LLM, no code, never asks a human."""
+        agent = UserProxyAgent(
+            name=name,
+            human_input_mode="NEVER",
+            max_consecutive_auto_reply=0,
+            code_execution_config=False,
+            llm_config=False,
+            is_termination_msg=termination_check(None),
+        )
+        return self._wire(agent)
+
+    def group_manager(self, spec: AgentFlowSpec | None, members: list[AgentFlowSpec]) -> GroupChatManager:
+        """A manager over fresh members; without a manager spec, defaults suitable for most teams."""
+        built = [self.build(m) for m in members]
+        cfg = spec.config if spec is not None else AgentConfig(name="group_chat_manager")
+        llm_config = self.llm_config_for(spec) if spec is not None else False
+        if llm_config is False:
+            llm_config = next((a.llm_config for a in built if a.llm_config), False)
+        method = cfg.speaker_selection_method.value
+        if method == "auto" and not llm_config:
+            raise WorkflowConfigError(
+                f"group chat '{cfg.name}': speaker_selection_method 'auto' needs an llm_config "
+                "on the manager or a member"
+            )
+        groupchat = BudgetedGroupChat(
+            agents=built,
+            messages=list(cfg.messages),
+            max_round=cfg.max_round,
+            speaker_selection_method=method,
+            allow_repeat_speaker=cfg.allow_repeat_speaker,
+            select_speaker_auto_verbose=False,
+            recorder=self.recorder,
+        )
+        manager = GroupChatManager(
+            groupchat=groupchat,
+            name=cfg.name,
+            llm_config=llm_config,
+            human_input_mode="NEVER",
+            is_termination_msg=termination_check(cfg.is_termination_msg),
+            system_message=cfg.system_message or "Group chat manager.",
+        )
+        # AutoGen's speaker selection runs through helper agents; bill their calls to the manager.
+        self.recorder.alias("speaker_selection_agent", cfg.name)
+        self.recorder.alias("checking_agent", cfg.name)
+        return self._wire(manager)
+
+    def _code_execution(self, cfg: AgentConfig) -> dict[str, Any] | bool:
+        if cfg.code_execution_config is False:
+            return False
+        if self._executors is None:
+            raise WorkflowConfigError(
+                f"agent '{cfg.name}': code execution is not available on this server; "
+                "set code_execution_config to false"
+            )
+        executor = self._executors(cfg)
+        return {"executor": executor} if executor is not None else False
+
+    def _wire(self, agent: ConversableAgent) -> ConversableAgent:
+        recorder = self.recorder
+
+        def check_budget(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            recorder.check()
+            return messages
+
+        agent.register_hook("safeguard_llm_inputs", check_budget)
+        self.transcript.attach(agent)
+        return agent
+
+
+def termination_check(keyword: str | None) -> Callable[[dict[str, Any]], bool]:
+    """A message ends the chat when its text ends with the keyword (default TERMINATE)."""
+    word = keyword or "TERMINATE"
+
+    def is_termination(message: dict[str, Any]) -> bool:
+        return message_text(message).rstrip().rstrip(".!").endswith(word)
+
+    return is_termination

@@ -1,0 +1,130 @@
+"""Request and response bodies of the HTTP API; the OpenAPI document is generated from these."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+from autobots.schemas.chat import GalleryItem, Message, Session
+from autobots.schemas.workflow import AgentWorkFlowConfig
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+T = TypeVar("T")
+
+UserId = Field(min_length=1, max_length=200)
+SessionId = Field(min_length=1, max_length=100)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Envelope(BaseModel, Generic[T]):
+    """Every JSON response: whether it worked, a sentence for people, and the data."""
+
+    status: bool
+    message: str
+    data: T | None = None
+
+
+class ErrorDetail(BaseModel):
+    field: str
+    message: str
+
+
+class PostMessageRequest(_Body):
+    message: Message
+    flow_config: AgentWorkFlowConfig | None = None
+
+
+class PostMessageResponse(Envelope[Message]):
+    """`message` is the final answer's text; `metadata` repeats the saved assistant message for
+    the old clients, which read it there."""
+
+    metadata: Message | None = None
+
+
+class MessagesQuery(_Body):
+    user_id: str = UserId
+    session_id: str = SessionId
+
+
+class DeleteMessageRequest(_Body):
+    user_id: str = UserId
+    msg_id: str = Field(min_length=1, max_length=100)
+    session_id: str | None = Field(default=None, max_length=100)
+
+
+class SessionsQuery(_Body):
+    user_id: str = UserId
+
+
+class NewSession(_Body):
+    user_id: str = UserId
+    flow_config: AgentWorkFlowConfig
+    session_id: str | None = Field(default=None, max_length=100)
+    name: str | None = Field(default=None, max_length=200)
+
+
+class CreateSessionRequest(_Body):
+    user_id: str = UserId
+    session: NewSession
+
+
+class SessionRef(_Body):
+    user_id: str = UserId
+    session_id: str = SessionId
+    flow_config: dict[str, Any] | None = None
+
+
+class PublishRequest(_Body):
+    user_id: str = UserId
+    session: SessionRef
+    tags: list[str] = Field(default_factory=list, max_length=20)
+
+    @field_validator("tags")
+    @classmethod
+    def _clean_tags(cls, tags: list[str]) -> list[str]:
+        cleaned = [t.strip() for t in tags]
+        for tag in cleaned:
+            if not tag or len(tag) > 100:
+                raise ValueError("each tag must be 1 to 100 characters")
+        return cleaned
+
+
+class GalleryQuery(_Body):
+    gallery_id: str | None = Field(default=None, max_length=100)
+    tag: str | None = Field(default=None, max_length=100)
+
+
+class ClearDbRequest(_Body):
+    user_id: str = UserId
+    session_id: str = SessionId
+
+
+class Health(BaseModel):
+    database: str
+    version: str
+
+
+class MessagesResponse(Envelope[list[Message]]):
+    pass
+
+
+class SessionsResponse(Envelope[list[Session]]):
+    pass
+
+
+class GalleryResponse(Envelope[list[GalleryItem]]):
+    pass
+
+
+class GalleryItemResponse(Envelope[GalleryItem]):
+    pass
+
+
+class HealthResponse(Envelope[Health]):
+    pass
+
+
+class ErrorResponse(Envelope[dict[str, Any]]):
+    pass

@@ -1,0 +1,251 @@
+"""The workflow config that clients send: one JSON document that describes a team of agents.
+
+The shape is the one existing clients already send (`flow_config`), so the models accept both
+spellings the clients use and ignore unknown extra fields; everything the server acts on is
+validated here, before any agent is built, so that a bad config is a 400 and never a half-run.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class WorkflowType(str, Enum):
+    autonomous = "autonomous"
+    sequential = "sequential"
+    groupchat = "groupchat"
+
+
+class AgentType(str, Enum):
+    assistant = "assistant"
+    userproxy = "userproxy"
+    groupchat = "groupchat"
+
+
+class SpeakerSelection(str, Enum):
+    auto = "auto"
+    round_robin = "round_robin"
+    random = "random"
+
+
+class HumanInputMode(str, Enum):
+    NEVER = "NEVER"
+    ALWAYS = "ALWAYS"
+    TERMINATE = "TERMINATE"
+
+
+class SummaryMethod(str, Enum):
+    last = "last"
+    reflection_with_llm = "reflection_with_llm"
+
+
+class LinkRole(str, Enum):
+    sender = "sender"
+    receiver = "receiver"
+
+
+class _Lenient(BaseModel):
+    """Ignore fields we do not know: old clients send extras that must not break them."""
+
+    model_config = ConfigDict(extra="ignore", use_enum_values=False)
+
+
+class ModelEndpoint(_Lenient):
+    """One entry of `config_list`. `api_key: null` means "use the server's credentials"."""
+
+    model: str = Field(min_length=1, max_length=200)
+    # Excluded from every dump: a key must never be stored, returned or published.
+    api_key: str | None = Field(default=None, repr=False, exclude=True)
+    base_url: str | None = Field(default=None, max_length=2000)
+    api_type: Literal["openai"] | None = None
+    price: tuple[float, float] | None = Field(
+        default=None, description="USD per 1k prompt and completion tokens, for models without a known price"
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_only(cls, value: str | None) -> str | None:
+        if value is not None and value and not value.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with http:// or https://")
+        return value or None
+
+    @field_validator("price")
+    @classmethod
+    def _non_negative(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and min(value) < 0:
+            raise ValueError("prices must not be negative")
+        return value
+
+
+class LLMConfig(_Lenient):
+    config_list: list[ModelEndpoint] = Field(default_factory=list, max_length=20)
+    temperature: float = Field(0.0, ge=0, le=2)
+    cache_seed: int | None = None
+    timeout: float | None = Field(default=None, gt=0, le=3600)
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+
+
+class CodeExecutionObject(_Lenient):
+    executor: Literal["docker", "local"] | None = None
+    timeout_s: int | None = Field(default=None, ge=1, le=3600)
+    image: str | None = Field(default=None, max_length=300)
+    work_dir: str | None = Field(default=None, max_length=300)
+
+
+CodeExecution = Literal[False] | Literal["docker", "local"] | CodeExecutionObject
+
+
+class AgentConfig(_Lenient):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
+    llm_config: LLMConfig | Literal[False] | None = None
+    human_input_mode: HumanInputMode = HumanInputMode.NEVER
+    max_consecutive_auto_reply: int = Field(10, ge=0, le=1000)
+    system_message: str | None = Field(default=None, max_length=100_000)
+    is_termination_msg: str | None = Field(
+        default=None,
+        max_length=200,
+        description='A message ending with this text ends the chat; null means "ends with TERMINATE".',
+    )
+    code_execution_config: CodeExecution = False
+    default_auto_reply: str = Field(default="", max_length=10_000)
+    description: str | None = Field(default=None, max_length=10_000)
+    # Group chat managers only.
+    messages: list[dict[str, Any]] = Field(default_factory=list, max_length=1000)
+    allow_repeat_speaker: bool = True
+    max_round: int = Field(10, ge=1, le=1000)
+    speaker_selection_method: SpeakerSelection = SpeakerSelection.auto
+
+    @field_validator("code_execution_config", mode="before")
+    @classmethod
+    def _none_is_off(cls, value: Any) -> Any:
+        return False if value is None else value
+
+    @field_validator("llm_config", mode="before")
+    @classmethod
+    def _true_is_default(cls, value: Any) -> Any:
+        return {} if value is True else value
+
+
+class AgentFlowSpec(_Lenient):
+    """One agent. A groupchat agent lists its members in `agents`."""
+
+    type: AgentType
+    config: AgentConfig
+    name: str | None = Field(default=None, max_length=64)
+    agents: list[AgentFlowSpec] = Field(default_factory=list, max_length=50)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unwrap_links(cls, data: Any) -> Any:
+        """Members may come as bare specs or wrapped as `{agent, link}` like the top level."""
+        if isinstance(data, dict) and isinstance(data.get("agents"), list):
+            data = dict(data)
+            data["agents"] = [
+                m["agent"] if isinstance(m, dict) and isinstance(m.get("agent"), dict) else m
+                for m in data["agents"]
+            ]
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> AgentFlowSpec:
+        if self.name is None:
+            self.name = self.config.name
+        if self.type is AgentType.groupchat:
+            if len(self.agents) < 2:
+                raise ValueError(f"groupchat agent '{self.name}' needs at least 2 member agents in 'agents'")
+            _unique_names(self.agents, where=f"members of '{self.name}'")
+        return self
+
+    @property
+    def agent_name(self) -> str:
+        return self.name or self.config.name
+
+
+class AgentLink(_Lenient):
+    agent_type: LinkRole
+    sender_type: str | None = None
+
+
+class LinkedAgent(_Lenient):
+    """An entry of the workflow's `agents`: the agent and its role in the chat."""
+
+    agent: AgentFlowSpec
+    link: AgentLink
+
+
+class AgentWorkFlowConfig(_Lenient):
+    """The whole team. `agents` is the source of truth; `sender`/`receiver` only point into it."""
+
+    name: str = Field("workflow", max_length=200)
+    description: str | None = Field(default=None, max_length=10_000)
+    type: WorkflowType
+    sender: AgentFlowSpec | None = None
+    receiver: AgentFlowSpec | list[AgentFlowSpec] | None = None
+    agents: list[LinkedAgent] = Field(default_factory=list, max_length=50)
+    summary_method: SummaryMethod = SummaryMethod.last
+
+    @field_validator("summary_method", mode="before")
+    @classmethod
+    def _autogen_spelling(cls, value: Any) -> Any:
+        return "last" if value in ("last_msg", None) else value
+
+    @model_validator(mode="after")
+    def _check(self) -> AgentWorkFlowConfig:
+        if not self.agents and self.receiver is None:
+            raise ValueError("flow_config needs 'agents' (or at least a 'receiver')")
+        _unique_names([a.agent for a in self.agents], where="agents")
+        names = {a.agent.agent_name for a in self.agents}
+        if self.agents:
+            wanted = (
+                self.receiver if isinstance(self.receiver, list) else [self.receiver] if self.receiver else []
+            )
+            for r in wanted:
+                if r.agent_name not in names:
+                    raise ValueError(
+                        f"receiver '{r.agent_name}' names no agent in 'agents' (known: {', '.join(sorted(names))})"
+                    )
+        if self.type is WorkflowType.groupchat and len(self.groupchat_members()) < 2:
+            raise ValueError("a groupchat workflow needs at least 2 member agents")
+        if self.type is not WorkflowType.groupchat and not self.receivers():
+            raise ValueError("flow_config has no receiver: link one agent with agent_type 'receiver'")
+        return self
+
+    def groupchat_manager(self) -> AgentFlowSpec | None:
+        """The `groupchat` agent whose config makes the manager of a groupchat workflow, if given."""
+        return next((a.agent for a in self.agents if a.agent.type is AgentType.groupchat), None)
+
+    def groupchat_members(self) -> list[AgentFlowSpec]:
+        manager = self.groupchat_manager()
+        if manager is not None and manager.agents:
+            return list(manager.agents)
+        return [a.agent for a in self.agents if a.agent.type is not AgentType.groupchat]
+
+    def senders(self) -> list[AgentFlowSpec]:
+        linked = [a.agent for a in self.agents if a.link.agent_type is LinkRole.sender]
+        if linked:
+            return linked
+        return [self.sender] if self.sender is not None else []
+
+    def receivers(self) -> list[AgentFlowSpec]:
+        """Receivers in the order given: linked in `agents`, else the `receiver` field."""
+        linked = [a.agent for a in self.agents if a.link.agent_type is LinkRole.receiver]
+        if linked:
+            return linked
+        if isinstance(self.receiver, list):
+            return list(self.receiver)
+        return [self.receiver] if self.receiver is not None else []
+
+
+def _unique_names(specs: list[AgentFlowSpec], where: str) -> None:
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.agent_name in seen:
+            raise ValueError(f"agent name '{spec.agent_name}' is used twice in {where}")
+        seen.add(spec.agent_name)
+
+
+AgentFlowSpec.model_rebuild()
+WorkflowConfigField = Annotated[AgentWorkFlowConfig, Field(description="The team of agents to run")]

@@ -1,0 +1,60 @@
+"""Sessions, messages and the gallery, with the ownership rules users rely on.
+
+A user sees and changes only their own sessions and messages; an id that belongs to someone else
+is answered exactly like an id that does not exist, so ids cannot be probed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from autobots.schemas.chat import GalleryItem, Message, Session
+from autobots.services.chat import BadRequest, NotFound
+from autobots.storage.repository import Conflict, Repository
+
+
+class SessionService:
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+
+    def _own(self, user_id: str, session_id: str) -> Session:
+        session = self.repo.get_session(user_id, session_id)
+        if session is None:
+            raise NotFound(f"session {session_id} not found")
+        return session
+
+    def list_sessions(self, user_id: str) -> list[Session]:
+        return self.repo.get_sessions(user_id)
+
+    def create_session(self, user_id: str, session: Session) -> list[Session]:
+        if session.user_id != user_id:
+            raise BadRequest("session.user_id must match user_id")
+        try:
+            return self.repo.create_session(user_id, session)
+        except Conflict as exc:
+            raise BadRequest(str(exc)) from exc
+
+    def messages(self, user_id: str, session_id: str) -> list[Message]:
+        self._own(user_id, session_id)
+        return self.repo.load_messages(user_id, session_id)
+
+    def delete_message(self, user_id: str, msg_id: str, session_id: str | None) -> list[Message]:
+        """Delete one message; returns what remains of its session (the old clients expect it)."""
+        if not self.repo.delete_message(user_id, msg_id, session_id):
+            raise NotFound(f"message {msg_id} not found")
+        return self.repo.load_messages(user_id, session_id) if session_id else []
+
+    def clear_session(self, user_id: str, session_id: str) -> None:
+        if not self.repo.delete_user_sessions(user_id, session_id):
+            raise NotFound(f"session {session_id} not found")
+
+    def publish(self, user_id: str, session_id: str, tags: Sequence[str]) -> GalleryItem:
+        """Publish the stored session (not the request's copy of it: what is shown is what was said)."""
+        session = self._own(user_id, session_id)
+        return self.repo.publish_session(session, tags)
+
+    def gallery(self, gallery_id: str | None, tag: str | None) -> list[GalleryItem]:
+        items = self.repo.get_gallery(gallery_id, tag)
+        if gallery_id is not None and not items:
+            raise NotFound(f"gallery item {gallery_id} not found")
+        return items

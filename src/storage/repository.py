@@ -1,0 +1,267 @@
+"""Reading and writing sessions, messages, runs and the gallery.
+
+The method names are the original project's (`load_messages`, `save_message`, ...), so code and
+docs written against it still read right. Each method is one short transaction: no database
+connection is ever held while agents talk to an LLM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from autobots.schemas.chat import GalleryItem, Message, Session
+from autobots.storage.tables import GalleryRow, GalleryTagRow, LLMCallRow, MessageRow, RunRow, SessionRow
+from sqlalchemy import delete, select, text
+from sqlalchemy.orm import Session as OrmSession
+from sqlalchemy.orm import sessionmaker
+
+
+class Conflict(Exception):
+    """An id that is already taken by another owner."""
+
+
+class Repository:
+    def __init__(self, factory: sessionmaker) -> None:
+        self._factory = factory
+
+    @contextmanager
+    def _tx(self) -> Iterator[OrmSession]:
+        with self._factory.begin() as db:
+            yield db
+
+    def ping(self) -> None:
+        with self._tx() as db:
+            db.execute(text("SELECT 1"))
+
+    # sessions -----------------------------------------------------------------------------------
+
+    def create_session(self, user_id: str, session: Session) -> list[Session]:
+        """Create the session (idempotent for its owner) and return all the user's sessions."""
+        with self._tx() as db:
+            row = db.scalar(select(SessionRow).where(SessionRow.session_id == session.session_id))
+            if row is not None and row.user_id != user_id:
+                raise Conflict(f"session_id {session.session_id} is already in use")
+            if row is None:
+                db.add(_session_row(session))
+        return self.get_sessions(user_id)
+
+    def get_sessions(self, user_id: str) -> list[Session]:
+        with self._tx() as db:
+            rows = db.scalars(
+                select(SessionRow).where(SessionRow.user_id == user_id).order_by(SessionRow.id.desc())
+            )
+            return [_session(r) for r in rows]
+
+    def get_session(self, user_id: str, session_id: str) -> Session | None:
+        with self._tx() as db:
+            row = db.scalar(
+                select(SessionRow).where(SessionRow.session_id == session_id, SessionRow.user_id == user_id)
+            )
+            return None if row is None else _session(row)
+
+    def session_owner(self, session_id: str) -> str | None:
+        with self._tx() as db:
+            return db.scalar(select(SessionRow.user_id).where(SessionRow.session_id == session_id))
+
+    def delete_user_sessions(self, user_id: str, session_id: str) -> bool:
+        """Delete one session with its messages and runs; published gallery copies stay."""
+        with self._tx() as db:
+            row = db.scalar(
+                select(SessionRow).where(SessionRow.session_id == session_id, SessionRow.user_id == user_id)
+            )
+            if row is None:
+                return False
+            run_ids = select(RunRow.run_id).where(RunRow.session_id == session_id)
+            db.execute(delete(LLMCallRow).where(LLMCallRow.run_id.in_(run_ids)))
+            db.execute(delete(RunRow).where(RunRow.session_id == session_id))
+            db.execute(delete(MessageRow).where(MessageRow.session_id == session_id))
+            db.delete(row)
+            return True
+
+    # messages -----------------------------------------------------------------------------------
+
+    def load_messages(self, user_id: str, session_id: str) -> list[Message]:
+        with self._tx() as db:
+            rows = db.scalars(
+                select(MessageRow)
+                .where(MessageRow.session_id == session_id, MessageRow.user_id == user_id)
+                .order_by(MessageRow.id)
+            )
+            return [_message(r) for r in rows]
+
+    def save_message(self, message: Message) -> Message:
+        if message.session_id is None:
+            raise ValueError("a message is saved into a session")
+        with self._tx() as db:
+            if db.scalar(select(MessageRow.id).where(MessageRow.msg_id == message.msg_id)) is not None:
+                raise Conflict(f"msg_id {message.msg_id} is already in use")
+            db.add(
+                MessageRow(
+                    msg_id=message.msg_id,
+                    session_id=message.session_id,
+                    user_id=message.user_id,
+                    role=message.role,
+                    content=message.content,
+                    root_msg_id=message.root_msg_id,
+                    meta=message.metadata,
+                    created_at=message.timestamp,
+                )
+            )
+        return message
+
+    def delete_message(self, user_id: str, msg_id: str, session_id: str | None = None) -> bool:
+        with self._tx() as db:
+            query = delete(MessageRow).where(MessageRow.msg_id == msg_id, MessageRow.user_id == user_id)
+            if session_id is not None:
+                query = query.where(MessageRow.session_id == session_id)
+            return bool(db.execute(query).rowcount)
+
+    # runs and LLM calls -------------------------------------------------------------------------
+
+    def start_run(self, run_id: str, session_id: str, user_id: str, user_msg_id: str) -> None:
+        with self._tx() as db:
+            db.add(
+                RunRow(
+                    run_id=run_id,
+                    session_id=session_id,
+                    user_id=user_id,
+                    user_msg_id=user_msg_id,
+                    status="running",
+                )
+            )
+
+    def finish_run(
+        self,
+        run_id: str,
+        status: str,
+        calls: Sequence[dict[str, Any]],
+        usage: dict[str, Any] | None,
+        error: str | None = None,
+        assistant_msg_id: str | None = None,
+    ) -> None:
+        """Store the run's outcome and every LLM call it made, in one transaction."""
+        with self._tx() as db:
+            run = db.get(RunRow, run_id)
+            if run is None:
+                raise KeyError(run_id)
+            run.status = status
+            run.error = error
+            run.usage = usage
+            run.assistant_msg_id = assistant_msg_id
+            run.ended_at = datetime.now(UTC)
+            db.add_all(LLMCallRow(run_id=run_id, session_id=run.session_id, **c) for c in calls)
+
+    def llm_calls(self, run_id: str) -> list[dict[str, Any]]:
+        with self._tx() as db:
+            rows = db.scalars(select(LLMCallRow).where(LLMCallRow.run_id == run_id).order_by(LLMCallRow.id))
+            return [
+                {
+                    "agent": r.agent,
+                    "model": r.model,
+                    "prompt_tokens": r.prompt_tokens,
+                    "completion_tokens": r.completion_tokens,
+                    "total_tokens": r.total_tokens,
+                    "cost_usd": r.cost_usd,
+                    "price_known": r.price_known,
+                    "cached": r.cached,
+                    "latency_s": r.latency_s,
+                    "started_at": r.started_at,
+                    "error": r.error,
+                }
+                for r in rows
+            ]
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        with self._tx() as db:
+            run = db.get(RunRow, run_id)
+            if run is None:
+                return None
+            return {
+                "run_id": run.run_id,
+                "session_id": run.session_id,
+                "user_id": run.user_id,
+                "status": run.status,
+                "error": run.error,
+                "usage": run.usage,
+                "started_at": run.started_at,
+                "ended_at": run.ended_at,
+                "user_msg_id": run.user_msg_id,
+                "assistant_msg_id": run.assistant_msg_id,
+            }
+
+    # gallery ------------------------------------------------------------------------------------
+
+    def publish_session(self, session: Session, tags: Sequence[str] = ()) -> GalleryItem:
+        """Freeze a copy of the session and its messages; later changes to the session don't show."""
+        messages = self.load_messages(session.user_id, session.session_id)
+        item = GalleryItem(session=session, messages=messages, tags=sorted(set(tags)))
+        with self._tx() as db:
+            db.add(
+                GalleryRow(
+                    gallery_id=item.id,
+                    session=item.session.model_dump(mode="json"),
+                    messages=[m.model_dump(mode="json") for m in item.messages],
+                    tags=item.tags,
+                    created_at=item.timestamp,
+                )
+            )
+            db.flush()
+            db.add_all(GalleryTagRow(gallery_id=item.id, tag=t) for t in item.tags)
+        return item
+
+    def get_gallery(self, gallery_id: str | None = None, tag: str | None = None) -> list[GalleryItem]:
+        """One item by id, or all items (optionally with a tag), newest first."""
+        with self._tx() as db:
+            query = select(GalleryRow).order_by(GalleryRow.created_at.desc(), GalleryRow.id.desc())
+            if gallery_id is not None:
+                query = query.where(GalleryRow.gallery_id == gallery_id)
+            if tag is not None:
+                query = query.join(GalleryTagRow, GalleryTagRow.gallery_id == GalleryRow.gallery_id).where(
+                    GalleryTagRow.tag == tag
+                )
+            return [
+                GalleryItem(
+                    id=r.gallery_id,
+                    session=Session.model_validate(r.session),
+                    messages=[Message.model_validate(m) for m in r.messages],
+                    tags=list(r.tags),
+                    timestamp=r.created_at,
+                )
+                for r in db.scalars(query)
+            ]
+
+
+def _session_row(session: Session) -> SessionRow:
+    return SessionRow(
+        session_id=session.session_id,
+        user_id=session.user_id,
+        name=session.name,
+        flow_config=session.flow_config.model_dump(mode="json"),
+        created_at=session.timestamp,
+    )
+
+
+def _session(row: SessionRow) -> Session:
+    return Session(
+        session_id=row.session_id,
+        user_id=row.user_id,
+        name=row.name,
+        flow_config=row.flow_config,
+        timestamp=row.created_at,
+    )
+
+
+def _message(row: MessageRow) -> Message:
+    return Message(
+        msg_id=row.msg_id,
+        user_id=row.user_id,
+        session_id=row.session_id,
+        role=row.role,  # type: ignore[arg-type]
+        content=row.content,
+        root_msg_id=row.root_msg_id,
+        metadata=row.meta,
+        timestamp=row.created_at,
+    )

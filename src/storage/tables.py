@@ -1,0 +1,123 @@
+"""The tables, as SQLAlchemy 2.0 typed ORM classes.
+
+Costs are stored as decimal strings: SQLite has no exact decimal type, and a cost that is summed
+over thousands of calls must add up to the cent the provider bills, not to a float's rounding.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops the zone otherwise)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: UTCDateTime}
+
+
+class SessionRow(Base):
+    __tablename__ = "sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(String(100), unique=True)
+    user_id: Mapped[str] = mapped_column(String(200), index=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    flow_config: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+class MessageRow(Base):
+    __tablename__ = "messages"
+    __table_args__ = (Index("ix_messages_session_created", "session_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    msg_id: Mapped[str] = mapped_column(String(100), unique=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.session_id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20))
+    content: Mapped[str] = mapped_column(Text)
+    root_msg_id: Mapped[str | None] = mapped_column(String(100))
+    # `metadata` is reserved by SQLAlchemy's declarative base, hence the attribute name.
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+class RunRow(Base):
+    """One execution of a workflow for one user message; its usage is the sum of its llm_calls."""
+
+    __tablename__ = "runs"
+
+    run_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.session_id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[str] = mapped_column(String(200))
+    user_msg_id: Mapped[str] = mapped_column(String(100))
+    assistant_msg_id: Mapped[str | None] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(20))
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(default=_now)
+    ended_at: Mapped[datetime | None]
+    usage: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class LLMCallRow(Base):
+    __tablename__ = "llm_calls"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"), index=True)
+    session_id: Mapped[str] = mapped_column(String(100), index=True)
+    agent: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str] = mapped_column(String(200))
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    total_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[str] = mapped_column(String(40), default="0")
+    price_known: Mapped[bool] = mapped_column(default=True)
+    cached: Mapped[bool] = mapped_column(default=False)
+    latency_s: Mapped[float] = mapped_column(default=0.0)
+    started_at: Mapped[datetime]
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class GalleryRow(Base):
+    __tablename__ = "gallery"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    gallery_id: Mapped[str] = mapped_column(String(100), unique=True)
+    session: Mapped[dict[str, Any]]
+    messages: Mapped[list[Any]]
+    tags: Mapped[list[Any]]
+    created_at: Mapped[datetime] = mapped_column(default=_now, index=True)
+
+
+class GalleryTagRow(Base):
+    """One row per tag, so that filtering by tag is an indexed lookup on every backend."""
+
+    __tablename__ = "gallery_tags"
+
+    gallery_id: Mapped[str] = mapped_column(
+        ForeignKey("gallery.gallery_id", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(String(100), primary_key=True, index=True)

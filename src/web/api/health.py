@@ -1,0 +1,29 @@
+"""Liveness, and the OpenAPI document."""
+
+from __future__ import annotations
+
+from autobots import __version__
+from autobots.schemas.api import ErrorResponse, HealthResponse
+from autobots.web.context import services
+from autobots.web.errors import envelope
+from flask import Response, current_app, jsonify
+from flask_openapi3 import APIBlueprint, Tag
+from sqlalchemy.exc import SQLAlchemyError
+
+bp = APIBlueprint("health", __name__, url_prefix="/api", abp_tags=[Tag(name="health")])
+
+
+@bp.get("/health", responses={200: HealthResponse, 503: ErrorResponse})
+def health() -> tuple[Response, int]:
+    """The server answers and its database too."""
+    try:
+        services().repo.ping()
+    except SQLAlchemyError as exc:
+        return envelope(False, f"database unavailable: {type(exc).__name__}", code=503)
+    return envelope(True, "ok", data={"database": "ok", "version": __version__})
+
+
+@bp.get("/openapi.json", doc_ui=False)
+def openapi() -> Response:
+    """The OpenAPI document, generated from the request and response models."""
+    return jsonify(current_app.api_doc)  # type: ignore[attr-defined]

@@ -1,0 +1,41 @@
+"""Messages: ask the team a question, read a session's messages, delete one."""
+
+from __future__ import annotations
+
+from autobots.schemas.api import (
+    DeleteMessageRequest,
+    ErrorResponse,
+    MessagesQuery,
+    MessagesResponse,
+    PostMessageRequest,
+    PostMessageResponse,
+)
+from autobots.web.context import services
+from autobots.web.errors import envelope
+from flask import Response
+from flask_openapi3 import APIBlueprint, Tag
+
+bp = APIBlueprint("messages", __name__, url_prefix="/api", abp_tags=[Tag(name="messages")])
+ERRORS = {400: ErrorResponse, 404: ErrorResponse, 502: ErrorResponse}
+
+
+@bp.post("/messages", responses={200: PostMessageResponse, **ERRORS})
+def post_message(body: PostMessageRequest) -> tuple[Response, int]:
+    """Run the workflow on the message; blocks until the agents have answered."""
+    reply = services().chat.send_message(body.message, body.flow_config)
+    saved = reply.model_dump(mode="json")
+    return envelope(True, reply.content, data=saved, metadata=saved)
+
+
+@bp.get("/messages", responses={200: MessagesResponse, **ERRORS})
+def get_messages(query: MessagesQuery) -> tuple[Response, int]:
+    """A session's messages, oldest first."""
+    messages = services().sessions.messages(query.user_id, query.session_id)
+    return envelope(True, "messages retrieved", data=[m.model_dump(mode="json") for m in messages])
+
+
+@bp.post("/messages/delete", responses={200: MessagesResponse, **ERRORS})
+def delete_message(body: DeleteMessageRequest) -> tuple[Response, int]:
+    """Delete one message; returns the session's remaining messages."""
+    left = services().sessions.delete_message(body.user_id, body.msg_id, body.session_id)
+    return envelope(True, "message deleted", data=[m.model_dump(mode="json") for m in left])

@@ -1,0 +1,89 @@
+"""Every error as a JSON envelope with a 4xx/5xx status, never an HTML page or a traceback."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from autobots.services.chat import BadRequest, LLMEndpointError, NotFound
+from flask import Flask, Response, jsonify, request
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger("autobots.web")
+
+
+def envelope(
+    status: bool, message: str, data: Any = None, code: int = 200, **extra: Any
+) -> tuple[Response, int]:
+    return jsonify({"status": status, "message": message, "data": data, **extra}), code
+
+
+def describe_validation(exc: ValidationError) -> tuple[str, list[dict[str, str]]]:
+    """Name every bad field by its path in the body, the way a user would look for it."""
+    details = []
+    for err in exc.errors(include_url=False):
+        path = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+        details.append({"field": path or "body", "message": err["msg"]})
+    first = details[0] if details else {"field": "body", "message": "invalid"}
+    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+    return f"invalid request: {first['field']}: {first['message']}{more}", details
+
+
+def validation_error_response(exc: ValidationError) -> Response:
+    message, details = describe_validation(exc)
+    response = jsonify({"status": False, "message": message, "data": {"errors": details}})
+    response.status_code = 400
+    return response
+
+
+def reject_malformed_json() -> tuple[Response, int] | None:
+    """A body that is not JSON gets its own clear message (pydantic would only see "None")."""
+    if request.method in ("POST", "PUT", "PATCH") and request.content_length != 0:
+        raw = request.get_data(cache=True)
+        if raw.strip():
+            try:
+                json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as exc:
+                return envelope(False, f"request body is not valid JSON: {exc}", code=400)
+        elif request.path.startswith("/api/"):
+            return envelope(False, "request body is empty: a JSON object is required", code=400)
+    return None
+
+
+def register_error_handlers(app: Flask) -> None:
+    app.before_request(reject_malformed_json)
+
+    @app.errorhandler(BadRequest)
+    def _bad_request(exc: BadRequest) -> tuple[Response, int]:
+        return envelope(False, str(exc), code=400)
+
+    @app.errorhandler(NotFound)
+    def _not_found(exc: NotFound) -> tuple[Response, int]:
+        return envelope(False, str(exc), code=404)
+
+    @app.errorhandler(LLMEndpointError)
+    def _llm_failed(exc: LLMEndpointError) -> tuple[Response, int]:
+        data = {"run_id": exc.run_id, "user_message": exc.user_message.model_dump(mode="json")}
+        return envelope(False, str(exc), data=data, code=502)
+
+    @app.errorhandler(ValidationError)
+    def _invalid(exc: ValidationError) -> Response:
+        return validation_error_response(exc)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> tuple[Response, int]:
+        code = exc.code or 500
+        if code == 413:
+            message = "request body too large"
+        else:
+            message = exc.description or exc.name
+        return envelope(False, message, code=code)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> tuple[Response, int]:
+        log.error(
+            "unhandled error on %s %s: %s", request.method, request.path, type(exc).__name__, exc_info=exc
+        )
+        return envelope(False, "internal error: the server could not complete the request", code=500)
