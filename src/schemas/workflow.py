@@ -7,42 +7,42 @@ validated here, before any agent is built, so that a bad config is a 400 and nev
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
-class WorkflowType(str, Enum):
+class WorkflowType(StrEnum):
     autonomous = "autonomous"
     sequential = "sequential"
     groupchat = "groupchat"
 
 
-class AgentType(str, Enum):
+class AgentType(StrEnum):
     assistant = "assistant"
     userproxy = "userproxy"
     groupchat = "groupchat"
 
 
-class SpeakerSelection(str, Enum):
+class SpeakerSelection(StrEnum):
     auto = "auto"
     round_robin = "round_robin"
     random = "random"
 
 
-class HumanInputMode(str, Enum):
+class HumanInputMode(StrEnum):
     NEVER = "NEVER"
     ALWAYS = "ALWAYS"
     TERMINATE = "TERMINATE"
 
 
-class SummaryMethod(str, Enum):
+class SummaryMethod(StrEnum):
     last = "last"
     reflection_with_llm = "reflection_with_llm"
 
 
-class LinkRole(str, Enum):
+class LinkRole(StrEnum):
     sender = "sender"
     receiver = "receiver"
 

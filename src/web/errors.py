@@ -75,10 +75,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> tuple[Response, int]:
         code = exc.code or 500
-        if code == 413:
-            message = "request body too large"
-        else:
-            message = exc.description or exc.name
+        message = "request body too large" if code == 413 else exc.description or exc.name
         return envelope(False, message, code=code)
 
     @app.errorhandler(Exception)

@@ -1,0 +1,5 @@
+import sys
+
+from autobots.cli import main
+
+sys.exit(main())

@@ -1,0 +1,49 @@
+"""Serving the app with gunicorn: one worker process, many threads.
+
+One process, because the embedded model and the live runs are per process state; many threads,
+because a blocking `POST /api/messages` holds its thread for the whole run and the server must
+still answer a hundred more at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from autobots.settings import Settings
+
+
+class GunicornServer(BaseApplication):
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self._settings
+        options: dict[str, Any] = {
+            "bind": f"{s.host}:{s.port}",
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": s.server_threads,
+            # Long runs hold a request open; the worker heartbeat is separate in gthread.
+            "timeout": 0,
+            "graceful_timeout": 10,
+            "keepalive": 5,
+            "accesslog": "-",
+            "errorlog": "-",
+            "loglevel": "info",
+            # Query strings are logged; request bodies (where keys would be) never are.
+            "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(M)sms',
+        }
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from autobots.web.app import create_app
+
+        return create_app(self._settings)
+
+
+def serve(settings: Settings) -> None:
+    GunicornServer(settings).run()

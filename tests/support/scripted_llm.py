@@ -1,0 +1,264 @@
+"""A scripted OpenAI-compatible chat-completions server, for tests and benchmarks.
+
+The real `openai` SDK (through AutoGen) talks to it over HTTP on 127.0.0.1, so the whole client
+path runs for real. It counts tokens itself (one token per whitespace-separated word, plus one per
+message), and remembers every request it served, so that tests can compare what the server
+reports against what the endpoint counted.
+
+Run standalone: `python tests/support/scripted_llm.py --port 0 --latency 0.5` prints its URL and
+answers every call with a fixed reply ending in TERMINATE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Reply:
+    content: str
+    delay: float = 0.0
+    status: int = 200
+    model: str | None = None
+
+
+Responder = Callable[[dict[str, Any]], "Reply | str"]
+
+
+@dataclass
+class Served:
+    body: dict[str, Any]
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    status: int
+    started: float
+    ended: float
+
+    @property
+    def system(self) -> str:
+        msgs = self.body.get("messages", [])
+        return str(msgs[0].get("content", "")) if msgs and msgs[0].get("role") == "system" else ""
+
+    @property
+    def last_user_text(self) -> str:
+        msgs = self.body.get("messages", [])
+        return str(msgs[-1].get("content", "")) if msgs else ""
+
+
+def count_tokens(text: str) -> int:
+    return len(text.split())
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    total = 0
+    for msg in body.get("messages", []):
+        content = msg.get("content") or ""
+        if isinstance(content, list):
+            content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+        total += count_tokens(str(content)) + 1
+    return total
+
+
+@dataclass
+class ScriptedLLM:
+    """Start with `start()`; set `responder` (or `queue()` replies) before each scenario."""
+
+    latency: float = 0.0
+    responder: Responder | None = None
+    served: list[Served] = field(default_factory=list)
+    _queue: deque[Reply | str] = field(default_factory=deque)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _in_flight: int = 0
+    max_in_flight: int = 0
+    _server: ThreadingHTTPServer | None = None
+
+    # scripting ----------------------------------------------------------------------------------
+
+    def queue(self, *replies: Reply | str) -> None:
+        with self._lock:
+            self._queue.extend(replies)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._queue.clear()
+            self.served.clear()
+            self.responder = None
+            self.max_in_flight = 0
+
+    def _next_reply(self, body: dict[str, Any]) -> Reply:
+        with self._lock:
+            queued = self._queue.popleft() if self._queue else None
+        if queued is None and self.responder is not None:
+            queued = self.responder(body)
+        if queued is None:
+            queued = "OK. TERMINATE"
+        return queued if isinstance(queued, Reply) else Reply(str(queued))
+
+    # counting -----------------------------------------------------------------------------------
+
+    def counted(self, since: int = 0) -> dict[str, int]:
+        """Tokens the endpoint counted for successful calls served after index `since`."""
+        with self._lock:
+            ok = [s for s in self.served[since:] if s.status == 200]
+        return {
+            "calls": len(ok),
+            "prompt_tokens": sum(s.prompt_tokens for s in ok),
+            "completion_tokens": sum(s.completion_tokens for s in ok),
+        }
+
+    # serving ------------------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def start(self, port: int = 0) -> ScriptedLLM:
+        llm = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_args: Any) -> None:
+                return None
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                if not self.path.rstrip("/").endswith("/chat/completions"):
+                    self._json(404, {"error": {"message": f"no route {self.path}"}})
+                    return
+                llm._serve(self, body)
+
+            def _json(self, status: int, payload: dict[str, Any]) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True, name="scripted-llm").start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def _serve(self, handler: Any, body: dict[str, Any]) -> None:
+        started = time.monotonic()
+        with self._lock:
+            self._in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        try:
+            reply = self._next_reply(body)
+            delay = reply.delay or self.latency
+            if delay:
+                time.sleep(delay)
+            model = reply.model or str(body.get("model", "scripted"))
+            p_tokens, c_tokens = prompt_tokens(body), max(1, count_tokens(reply.content))
+            if reply.status != 200:
+                handler._json(reply.status, {"error": {"message": reply.content, "type": "server_error"}})
+                p_tokens = c_tokens = 0
+            elif body.get("stream"):
+                self._stream(handler, body, model, reply.content, p_tokens, c_tokens)
+            else:
+                handler._json(200, _completion(model, reply.content, p_tokens, c_tokens))
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                self.served.append(
+                    Served(body, model, p_tokens, c_tokens, reply.status, started, time.monotonic())
+                )
+
+    @staticmethod
+    def _stream(handler: Any, body: dict[str, Any], model: str, text: str, p: int, c: int) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        cid = f"chatcmpl-{uuid.uuid4().hex[:12]}"
+        words = text.split(" ")
+        for i, word in enumerate(words):
+            piece = word if i == 0 else " " + word
+            chunk = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {"index": 0, "delta": {"role": "assistant", "content": piece}, "finish_reason": None}
+                ],
+            }
+            handler.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        final: dict[str, Any] = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        }
+        handler.wfile.write(f"data: {json.dumps(final)}\n\n".encode())
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+            }
+            usage["choices"] = []
+            usage["usage"] = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+            handler.wfile.write(f"data: {json.dumps(usage)}\n\n".encode())
+        handler.wfile.write(b"data: [DONE]\n\n")
+        handler.wfile.flush()
+        handler.close_connection = True
+
+
+def _completion(model: str, text: str, p: int, c: int) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--reply", default="Done. TERMINATE")
+    args = parser.parse_args()
+    llm = ScriptedLLM(latency=args.latency, responder=lambda _body: args.reply).start(args.port)
+    print(llm.base_url, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        llm.stop()
+
+
+if __name__ == "__main__":
+    main()
