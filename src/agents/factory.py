@@ -62,6 +62,7 @@ class AgentFactory:
             resolved = self._resolve_llm(cfg or LLMConfig())
         except NoUsableEndpoint as exc:
             raise WorkflowConfigError(f"agent '{spec.agent_name}': {exc}") from exc
+        self.recorder.add_prices(resolved.prices)
         for model in resolved.requested_models:
             if model not in self.requested_models:
                 self.requested_models.append(model)

@@ -178,6 +178,11 @@ class UsageRecorder:
         """Attribute calls of AutoGen's internal helper agents to the agent they work for."""
         self._aliases[internal_name] = shown_as
 
+    def add_prices(self, prices: dict[str, Price]) -> None:
+        """Prices a request's config gives for its models (they win over AutoGen's table)."""
+        with self._lock:
+            self._prices.update(prices)
+
     def price_for(self, requested_model: str, answered_model: str) -> Price | None:
         return (
             self._prices.get(requested_model)

@@ -1,0 +1,215 @@
+"""Each workflow type, end to end through the HTTP API, against the scripted LLM."""
+
+from __future__ import annotations
+
+import sqlite3
+from decimal import Decimal
+
+from tests.support import workflows as wf
+from tests.support.scripted_llm import Reply
+
+
+def ask(server, user_id, content, flow, session_id=None):
+    body = {"message": wf.message(user_id, content, session_id), "flow_config": flow}
+    return server.post("/api/messages", body)
+
+
+def by_system(replies: dict[str, str]):
+    """Answer by the agent's system message: '<name>' -> reply text."""
+
+    def respond(body):
+        system = body["messages"][0]["content"]
+        for name, text in replies.items():
+            if f"You are {name}." in system:
+                return text
+        return "unexpected TERMINATE"
+
+    return respond
+
+
+def test_autonomous_answer_usage_and_inner_messages(server, llm, user_id):
+    llm.queue("The answer is 42. TERMINATE")
+    r = ask(server, user_id, "What is six times seven?", wf.autonomous(wf.assistant()))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] is True
+    assert body["message"] == "The answer is 42."
+    saved = body["metadata"]
+    assert saved["role"] == "assistant" and saved["content"] == "The answer is 42."
+    meta = saved["metadata"]
+    said = [(m["sender"], m["recipient"], m["content"]) for m in meta["messages"]]
+    assert said == [
+        ("userproxy", "primary_assistant", "What is six times seven?"),
+        ("primary_assistant", "userproxy", "The answer is 42. TERMINATE"),
+    ]
+    counted = llm.counted()
+    usage = meta["usage"]
+    assert counted["calls"] == usage["llm_calls"] == 1
+    assert usage["prompt_tokens"] == counted["prompt_tokens"]
+    assert usage["completion_tokens"] == counted["completion_tokens"]
+    assert usage["total_tokens"] == counted["prompt_tokens"] + counted["completion_tokens"]
+    # gpt-4o-mini in AutoGen's price table: $0.00015 / 1k prompt, $0.0006 / 1k completion.
+    expected = (Decimal("0.00015") * counted["prompt_tokens"] + Decimal("0.0006") * counted["completion_tokens"]) / 1000
+    assert Decimal(usage["total_cost_usd"]) == expected
+    assert usage["per_agent"]["primary_assistant"]["calls"] == 1
+    assert usage["per_model"]["gpt-4o-mini"]["total_tokens"] == usage["total_tokens"]
+    assert meta["timing"]["duration_s"] > 0 and meta["timing"]["start"] < meta["timing"]["end"]
+    assert meta["messages"][1]["usage"]["completion_tokens"] == counted["completion_tokens"]
+    assert meta["models"] == {"requested": ["gpt-4o-mini"], "answered": ["gpt-4o-mini"]}
+
+
+def test_two_receivers_run_concurrently_and_answers_are_combined(server, llm, user_id):
+    llm.latency = 0.6
+    llm.responder = by_system({"alpha": "Alpha says red. TERMINATE", "beta": "Beta says blue. TERMINATE"})
+    flow = wf.autonomous(wf.assistant("alpha"), wf.assistant("beta"))
+    r = ask(server, user_id, "Pick a colour", flow)
+    assert r.status_code == 200, r.text
+    assert llm.max_in_flight == 2, "the two receivers' LLM calls did not overlap"
+    first, second = sorted(llm.served, key=lambda s: s.started)
+    assert second.started < first.ended
+    answer = r.json()["message"]
+    assert "### alpha\nAlpha says red." in answer and "### beta\nBeta says blue." in answer
+    meta = r.json()["metadata"]["metadata"]
+    assert set(meta["usage"]["per_agent"]) == {"alpha", "beta"}
+    assert meta["usage"]["llm_calls"] == 2 == llm.counted()["calls"]
+
+
+def test_sequential_hands_each_chat_the_task_and_earlier_summaries(server, llm, user_id):
+    llm.responder = by_system(
+        {"researcher": "Fact: the sky is blue. TERMINATE", "writer": "A poem about a blue sky. TERMINATE"}
+    )
+    flow = wf.sequential(wf.assistant("researcher"), wf.assistant("writer"))
+    r = ask(server, user_id, "Write about the sky", flow)
+    assert r.status_code == 200, r.text
+    assert r.json()["message"] == "A poem about a blue sky."
+    writer_call = next(s for s in llm.served if "You are writer." in s.system)
+    prompt = writer_call.last_user_text
+    assert "Write about the sky" in prompt and "Fact: the sky is blue." in prompt
+    meta = r.json()["metadata"]["metadata"]
+    assert meta["parts"] == {"researcher": "Fact: the sky is blue.", "writer": "A poem about a blue sky."}
+
+
+def test_sequential_reflection_summary_calls_are_counted(server, llm, user_id):
+    llm.responder = lambda body: "Summary line." if "Summarize" in str(body["messages"][-1]["content"]) else "Work done. TERMINATE"
+    flow = wf.sequential(wf.assistant("researcher"), wf.assistant("writer"), summary_method="reflection_with_llm")
+    r = ask(server, user_id, "Do it", flow)
+    assert r.status_code == 200, r.text
+    usage = r.json()["metadata"]["metadata"]["usage"]
+    counted = llm.counted()
+    assert counted["calls"] == 4  # two answers and two reflection summaries
+    assert usage["llm_calls"] == 4
+    assert usage["prompt_tokens"] == counted["prompt_tokens"]
+    assert usage["completion_tokens"] == counted["completion_tokens"]
+
+
+def test_groupchat_round_robin(server, llm, user_id):
+    llm.responder = by_system({"planner": "Plan: step one.", "critic": "Looks good. TERMINATE"})
+    flow = wf.groupchat(wf.userproxy(max_consecutive_auto_reply=0), wf.assistant("planner"), wf.assistant("critic"))
+    r = ask(server, user_id, "Make a plan", flow)
+    assert r.status_code == 200, r.text
+    meta = r.json()["metadata"]["metadata"]
+    speakers = [m["sender"] for m in meta["messages"]]
+    assert speakers[:3] == ["userproxy", "planner", "critic"]
+    assert r.json()["message"] == "Looks good."
+    assert meta["usage"]["llm_calls"] == llm.counted()["calls"] == 2
+
+
+def test_groupchat_auto_selection_calls_are_counted_for_the_manager(server, llm, user_id):
+    def respond(body):
+        text = str(body["messages"][-1]["content"])
+        if "Read the above conversation" in text or "select the next role" in str(body["messages"][0]["content"]):
+            return "critic" if "Plan: step one." in str(body["messages"]) else "planner"
+        return by_system({"planner": "Plan: step one.", "critic": "Approved. TERMINATE"})(body)
+
+    llm.responder = respond
+    flow = wf.groupchat(wf.assistant("planner"), wf.assistant("critic"), method="auto", max_round=5)
+    r = ask(server, user_id, "Make a plan", flow)
+    assert r.status_code == 200, r.text
+    meta = r.json()["metadata"]["metadata"]
+    usage = meta["usage"]
+    counted = llm.counted()
+    assert usage["llm_calls"] == counted["calls"]
+    assert usage["prompt_tokens"] == counted["prompt_tokens"]
+    assert usage["per_agent"]["group_manager"]["calls"] >= 1  # speaker selection is billed
+    assert [m["sender"] for m in meta["messages"]][1:3] == ["planner", "critic"]
+
+
+def test_groupchat_random_selection_runs(server, llm, user_id):
+    llm.responder = lambda body: "Done. TERMINATE"
+    flow = wf.groupchat(wf.assistant("a1"), wf.assistant("a2"), wf.assistant("a3"), method="random", max_round=3)
+    r = ask(server, user_id, "Go", flow)
+    assert r.status_code == 200, r.text
+    senders = {m["sender"] for m in r.json()["metadata"]["metadata"]["messages"][1:]}
+    assert senders <= {"a1", "a2", "a3"} and senders
+
+
+def test_groupchat_agent_inside_autonomous_workflow(server, llm, user_id):
+    llm.responder = by_system({"planner": "Plan ready.", "critic": "Fine. TERMINATE"})
+    manager = wf.groupchat(wf.assistant("planner"), wf.assistant("critic"))["agents"][0]["agent"]
+    flow = wf.autonomous(manager)
+    r = ask(server, user_id, "Plan a trip", flow)
+    assert r.status_code == 200, r.text
+    meta = r.json()["metadata"]["metadata"]
+    assert [m["sender"] for m in meta["messages"]] == ["userproxy", "planner", "critic"]
+    assert r.json()["message"] == "Fine."
+
+
+def test_follow_up_sees_the_earlier_exchange(server, llm, user_id):
+    llm.queue("Your name is Ada. TERMINATE", "You told me your name is Ada. TERMINATE")
+    flow = wf.autonomous(wf.assistant())
+    first = ask(server, user_id, "My name is Ada. Remember it.", flow)
+    session_id = first.json()["metadata"]["session_id"]
+    second = ask(server, user_id, "What is my name?", flow, session_id=session_id)
+    assert second.status_code == 200, second.text
+    sent = [m["content"] for m in llm.served[-1].body["messages"]]
+    assert "My name is Ada. Remember it." in sent
+    assert any("Your name is Ada." in c for c in sent)
+    assert sent[-1] == "What is my name?"
+    # Only what was said in this run is its transcript.
+    assert len(second.json()["metadata"]["metadata"]["messages"]) == 2
+
+
+def test_follow_up_without_flow_config_uses_the_sessions_workflow(server, llm, user_id):
+    llm.queue("First. TERMINATE", "Second. TERMINATE")
+    first = ask(server, user_id, "one", wf.autonomous(wf.assistant()))
+    session_id = first.json()["metadata"]["session_id"]
+    r = server.post("/api/messages", {"message": wf.message(user_id, "two", session_id)})
+    assert r.status_code == 200, r.text
+    assert r.json()["message"] == "Second."
+
+
+def test_unknown_model_costs_zero_and_says_so(server, llm, user_id):
+    llm.queue("Hi. TERMINATE")
+    r = ask(server, user_id, "hello", wf.autonomous(wf.assistant(model="my-local-model")))
+    usage = r.json()["metadata"]["metadata"]["usage"]
+    assert usage["total_cost"] == 0 and usage["total_tokens"] > 0
+    assert any("my-local-model" in note and "0" in note for note in usage["cost_notes"])
+
+
+def test_config_price_is_used_for_unknown_models(server, llm, user_id):
+    llm.queue("Hi there friend. TERMINATE")
+    agent = wf.assistant(model="priced-model")
+    agent["config"]["llm_config"]["config_list"][0]["price"] = [0.001, 0.002]
+    r = ask(server, user_id, "hello", wf.autonomous(agent))
+    usage = r.json()["metadata"]["metadata"]["usage"]
+    counted = llm.counted()
+    expected = (Decimal("0.001") * counted["prompt_tokens"] + Decimal("0.002") * counted["completion_tokens"]) / 1000
+    assert Decimal(usage["total_cost_usd"]) == expected
+    assert usage["cost_notes"] == []
+
+
+def test_llm_calls_are_stored_per_run(server, llm, user_id):
+    llm.queue("Stored. TERMINATE")
+    r = ask(server, user_id, "store it", wf.autonomous(wf.assistant()))
+    meta = r.json()["metadata"]["metadata"]
+    with sqlite3.connect(server.db_path) as db:
+        rows = db.execute(
+            "SELECT agent, model, prompt_tokens, completion_tokens, cost_usd FROM llm_calls WHERE run_id = ?",
+            (meta["run_id"],),
+        ).fetchall()
+        status = db.execute("SELECT status FROM runs WHERE run_id = ?", (meta["run_id"],)).fetchone()
+    counted = llm.counted()
+    assert rows == [
+        ("primary_assistant", "gpt-4o-mini", counted["prompt_tokens"], counted["completion_tokens"], meta["usage"]["total_cost_usd"])
+    ]
+    assert status == ("completed",)
