@@ -6,7 +6,6 @@ import sqlite3
 from decimal import Decimal
 
 from tests.support import workflows as wf
-from tests.support.scripted_llm import Reply
 
 
 def ask(server, user_id, content, flow, session_id=None):
@@ -49,7 +48,9 @@ def test_autonomous_answer_usage_and_inner_messages(server, llm, user_id):
     assert usage["completion_tokens"] == counted["completion_tokens"]
     assert usage["total_tokens"] == counted["prompt_tokens"] + counted["completion_tokens"]
     # gpt-4o-mini in AutoGen's price table: $0.00015 / 1k prompt, $0.0006 / 1k completion.
-    expected = (Decimal("0.00015") * counted["prompt_tokens"] + Decimal("0.0006") * counted["completion_tokens"]) / 1000
+    expected = (
+        Decimal("0.00015") * counted["prompt_tokens"] + Decimal("0.0006") * counted["completion_tokens"]
+    ) / 1000
     assert Decimal(usage["total_cost_usd"]) == expected
     assert usage["per_agent"]["primary_assistant"]["calls"] == 1
     assert usage["per_model"]["gpt-4o-mini"]["total_tokens"] == usage["total_tokens"]
@@ -90,8 +91,12 @@ def test_sequential_hands_each_chat_the_task_and_earlier_summaries(server, llm, 
 
 
 def test_sequential_reflection_summary_calls_are_counted(server, llm, user_id):
-    llm.responder = lambda body: "Summary line." if "Summarize" in str(body["messages"][-1]["content"]) else "Work done. TERMINATE"
-    flow = wf.sequential(wf.assistant("researcher"), wf.assistant("writer"), summary_method="reflection_with_llm")
+    llm.responder = lambda body: (
+        "Summary line." if "Summarize" in str(body["messages"][-1]["content"]) else "Work done. TERMINATE"
+    )
+    flow = wf.sequential(
+        wf.assistant("researcher"), wf.assistant("writer"), summary_method="reflection_with_llm"
+    )
     r = ask(server, user_id, "Do it", flow)
     assert r.status_code == 200, r.text
     usage = r.json()["metadata"]["metadata"]["usage"]
@@ -104,7 +109,9 @@ def test_sequential_reflection_summary_calls_are_counted(server, llm, user_id):
 
 def test_groupchat_round_robin(server, llm, user_id):
     llm.responder = by_system({"planner": "Plan: step one.", "critic": "Looks good. TERMINATE"})
-    flow = wf.groupchat(wf.userproxy(max_consecutive_auto_reply=0), wf.assistant("planner"), wf.assistant("critic"))
+    flow = wf.groupchat(
+        wf.userproxy(max_consecutive_auto_reply=0), wf.assistant("planner"), wf.assistant("critic")
+    )
     r = ask(server, user_id, "Make a plan", flow)
     assert r.status_code == 200, r.text
     meta = r.json()["metadata"]["metadata"]
@@ -117,7 +124,9 @@ def test_groupchat_round_robin(server, llm, user_id):
 def test_groupchat_auto_selection_calls_are_counted_for_the_manager(server, llm, user_id):
     def respond(body):
         text = str(body["messages"][-1]["content"])
-        if "Read the above conversation" in text or "select the next role" in str(body["messages"][0]["content"]):
+        if "Read the above conversation" in text or "select the next role" in str(
+            body["messages"][0]["content"]
+        ):
             return "critic" if "Plan: step one." in str(body["messages"]) else "planner"
         return by_system({"planner": "Plan: step one.", "critic": "Approved. TERMINATE"})(body)
 
@@ -136,7 +145,9 @@ def test_groupchat_auto_selection_calls_are_counted_for_the_manager(server, llm,
 
 def test_groupchat_random_selection_runs(server, llm, user_id):
     llm.responder = lambda body: "Done. TERMINATE"
-    flow = wf.groupchat(wf.assistant("a1"), wf.assistant("a2"), wf.assistant("a3"), method="random", max_round=3)
+    flow = wf.groupchat(
+        wf.assistant("a1"), wf.assistant("a2"), wf.assistant("a3"), method="random", max_round=3
+    )
     r = ask(server, user_id, "Go", flow)
     assert r.status_code == 200, r.text
     senders = {m["sender"] for m in r.json()["metadata"]["metadata"]["messages"][1:]}
@@ -193,7 +204,9 @@ def test_config_price_is_used_for_unknown_models(server, llm, user_id):
     r = ask(server, user_id, "hello", wf.autonomous(agent))
     usage = r.json()["metadata"]["metadata"]["usage"]
     counted = llm.counted()
-    expected = (Decimal("0.001") * counted["prompt_tokens"] + Decimal("0.002") * counted["completion_tokens"]) / 1000
+    expected = (
+        Decimal("0.001") * counted["prompt_tokens"] + Decimal("0.002") * counted["completion_tokens"]
+    ) / 1000
     assert Decimal(usage["total_cost_usd"]) == expected
     assert usage["cost_notes"] == []
 
@@ -210,6 +223,12 @@ def test_llm_calls_are_stored_per_run(server, llm, user_id):
         status = db.execute("SELECT status FROM runs WHERE run_id = ?", (meta["run_id"],)).fetchone()
     counted = llm.counted()
     assert rows == [
-        ("primary_assistant", "gpt-4o-mini", counted["prompt_tokens"], counted["completion_tokens"], meta["usage"]["total_cost_usd"])
+        (
+            "primary_assistant",
+            "gpt-4o-mini",
+            counted["prompt_tokens"],
+            counted["completion_tokens"],
+            meta["usage"]["total_cost_usd"],
+        )
     ]
     assert status == ("completed",)

@@ -43,6 +43,7 @@ class Served:
     status: int
     started: float
     ended: float
+    authorization: str = ""
 
     @property
     def system(self) -> str:
@@ -139,7 +140,7 @@ class ScriptedLLM:
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     self._json(404, {"error": {"message": f"no route {self.path}"}})
                     return
-                llm._serve(self, body)
+                llm._serve(self, body, self.headers.get("Authorization", ""))
 
             def _json(self, status: int, payload: dict[str, Any]) -> None:
                 data = json.dumps(payload).encode()
@@ -159,7 +160,7 @@ class ScriptedLLM:
             self._server.shutdown()
             self._server.server_close()
 
-    def _serve(self, handler: Any, body: dict[str, Any]) -> None:
+    def _serve(self, handler: Any, body: dict[str, Any], authorization: str = "") -> None:
         started = time.monotonic()
         with self._lock:
             self._in_flight += 1
@@ -182,7 +183,16 @@ class ScriptedLLM:
             with self._lock:
                 self._in_flight -= 1
                 self.served.append(
-                    Served(body, model, p_tokens, c_tokens, reply.status, started, time.monotonic())
+                    Served(
+                        body,
+                        model,
+                        p_tokens,
+                        c_tokens,
+                        reply.status,
+                        started,
+                        time.monotonic(),
+                        authorization,
+                    )
                 )
 
     @staticmethod

@@ -1,0 +1,91 @@
+"""Shared by the client scripts: where the server is, how to call it, how to show an answer.
+
+Stdlib only, so a script runs with any Python 3.11 without installing the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+WEB_DIR = Path(__file__).resolve().parent.parent
+
+
+def _defaults() -> dict[str, str]:
+    config = json.loads((WEB_DIR / "config.json").read_text())
+    return config.get("client", {})
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    defaults = _defaults()
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument(
+        "--url",
+        default=os.environ.get("AUTOBOTS_URL") or defaults.get("server_url", "http://127.0.0.1:8081"),
+        help="server URL (env AUTOBOTS_URL)",
+    )
+    p.add_argument(
+        "--user-id", default=os.environ.get("AUTOBOTS_USER_ID") or defaults.get("user_id", "guestuser")
+    )
+    return p
+
+
+def example(name: str) -> dict[str, Any]:
+    return json.loads((WEB_DIR / "examples" / f"{name}.json").read_text())
+
+
+def call(
+    url: str, path: str, body: dict[str, Any] | None = None, query: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """POST `body` (or GET with `query`); prints the server's message and exits 1 on an error status."""
+    full = url.rstrip("/") + path + ("?" + urllib.parse.urlencode(query) if query else "")
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(full, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=3600) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("message")
+        except ValueError:
+            message = exc.reason
+        print(f"error {exc.code}: {message}", file=sys.stderr)
+        sys.exit(1)
+    except urllib.error.URLError as exc:
+        print(f"error: cannot reach {url}: {exc.reason}", file=sys.stderr)
+        sys.exit(1)
+
+
+def show_answer(result: dict[str, Any]) -> None:
+    saved = result.get("metadata") or result.get("data") or {}
+    meta = saved.get("metadata") or {}
+    for msg in meta.get("messages", []):
+        print(f"--- {msg['sender']} -> {msg['recipient']}\n{msg['content']}\n")
+    usage, timing = meta.get("usage", {}), meta.get("timing", {})
+    print(f"=== answer\n{result.get('message', '')}\n")
+    print(f"session: {saved.get('session_id')}  message: {saved.get('msg_id')}")
+    print(
+        f"cost: ${usage.get('total_cost_usd', '0')}  tokens: {usage.get('prompt_tokens', 0)} prompt + "
+        f"{usage.get('completion_tokens', 0)} completion  LLM calls: {usage.get('llm_calls', 0)}  "
+        f"time: {timing.get('duration_s', 0):.2f} s"
+    )
+    for note in usage.get("cost_notes", []):
+        print(f"note: {note}")
+
+
+def ask(workflow: str, description: str) -> None:
+    p = parser(description)
+    p.add_argument("question")
+    p.add_argument("--session-id", help="continue this session (default: a new one)")
+    args = p.parse_args()
+    message: dict[str, Any] = {"user_id": args.user_id, "role": "user", "content": args.question}
+    if args.session_id:
+        message["session_id"] = args.session_id
+    show_answer(call(args.url, "/api/messages", {"message": message, "flow_config": example(workflow)}))

@@ -1,0 +1,155 @@
+"""Bad input gets a clear 4xx naming what is wrong, and nothing is stored half-way."""
+
+from __future__ import annotations
+
+import copy
+import sqlite3
+
+import pytest
+
+from tests.support import workflows as wf
+
+
+def counts(server) -> tuple[int, int, int]:
+    with sqlite3.connect(server.db_path) as db:
+        return tuple(
+            db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("sessions", "messages", "runs")
+        )
+
+
+def good_body(user_id):
+    return {"message": wf.message(user_id, "hello"), "flow_config": wf.autonomous(wf.assistant())}
+
+
+def broken(user_id, change):
+    body = copy.deepcopy(good_body(user_id))
+    change(body)
+    return body
+
+
+CASES = {
+    "missing message": (lambda b: b.pop("message"), "message"),
+    "missing content": (lambda b: b["message"].pop("content"), "message.content"),
+    "content not a string": (lambda b: b["message"].__setitem__("content", {"x": 1}), "message.content"),
+    "missing user_id": (lambda b: b["message"].pop("user_id"), "message.user_id"),
+    "unknown workflow type": (
+        lambda b: b["flow_config"].__setitem__("type", "swarm"),
+        "'autonomous', 'sequential' or 'groupchat'",
+    ),
+    "unknown agent type": (
+        lambda b: b["flow_config"]["agents"][1]["agent"].__setitem__("type", "robot"),
+        "'assistant', 'userproxy' or 'groupchat'",
+    ),
+    "receiver names no agent": (
+        lambda b: b["flow_config"].__setitem__("receiver", wf.assistant("ghost")),
+        "receiver 'ghost' names no agent",
+    ),
+    "bad speaker selection": (
+        lambda b: b["flow_config"]["agents"][1]["agent"]["config"].__setitem__(
+            "speaker_selection_method", "vote"
+        ),
+        "'auto', 'round_robin' or 'random'",
+    ),
+    "temperature wrong type": (
+        lambda b: b["flow_config"]["agents"][1]["agent"]["config"]["llm_config"].__setitem__(
+            "temperature", "hot"
+        ),
+        "temperature",
+    ),
+    "agent name with spaces": (
+        lambda b: b["flow_config"]["agents"][1]["agent"]["config"].__setitem__("name", "bad name"),
+        "config.name",
+    ),
+    "two agents with one name": (
+        lambda b: b["flow_config"]["agents"].append(copy.deepcopy(b["flow_config"]["agents"][1])),
+        "used twice",
+    ),
+    "assistant role for the question": (lambda b: b["message"].__setitem__("role", "assistant"), "role"),
+    "no reachable endpoint": (
+        lambda b: b["flow_config"]["agents"][1]["agent"]["config"]["llm_config"]["config_list"][
+            0
+        ].__setitem__("base_url", "ftp://example"),
+        "base_url",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_message_body_is_a_clear_400_and_stores_nothing(server, llm, user_id, case):
+    change, expected = CASES[case]
+    before = counts(server)
+    r = server.post("/api/messages", broken(user_id, change))
+    assert r.status_code == 400, r.text
+    body = r.json()
+    assert body["status"] is False
+    assert expected in body["message"], body["message"]
+    assert "Traceback" not in r.text
+    assert counts(server) == before
+    assert llm.served == []
+
+
+def test_malformed_json(server):
+    before = counts(server)
+    r = server.post(
+        "/api/messages", data='{"message": {"user_id": ', headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 400 and "not valid JSON" in r.json()["message"]
+    assert counts(server) == before
+
+
+def test_empty_and_non_object_bodies(server):
+    r = server.post("/api/messages", data="", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400
+    r = server.post("/api/messages", json=[1, 2, 3])
+    assert r.status_code == 400 and r.json()["status"] is False
+
+
+def test_ten_megabyte_body_is_refused(server, user_id):
+    before = counts(server)
+    body = good_body(user_id)
+    body["message"]["content"] = "x" * (10 * 1024 * 1024)
+    r = server.post("/api/messages", body)
+    assert r.status_code == 413
+    assert r.json() == {"status": False, "message": "request body too large", "data": None}
+    assert counts(server) == before
+    assert server.get("/api/health").status_code == 200
+
+
+def test_missing_query_parameters(server):
+    r = server.get("/api/messages", user_id="someone")
+    assert r.status_code == 400 and "session_id" in r.json()["message"]
+    assert server.get("/api/sessions").status_code == 400
+
+
+def test_unknown_ids_are_404(server, user_id):
+    assert server.get("/api/messages", user_id=user_id, session_id="nope").status_code == 404
+    r = server.post("/api/cleardb", {"user_id": user_id, "session_id": "nope"})
+    assert r.status_code == 404 and r.json()["status"] is False
+    assert server.get("/api/gallery", gallery_id="nope").status_code == 404
+
+
+def test_unknown_route_and_method_are_json(server):
+    r = server.get("/api/nothing-here")
+    assert r.status_code == 404 and r.json()["status"] is False
+    r = server.http.delete(server.url + "/api/messages")
+    assert r.status_code == 405 and r.json()["status"] is False
+
+
+def test_unknown_extra_fields_are_ignored(server, llm, user_id):
+    llm.queue("Fine. TERMINATE")
+    body = good_body(user_id)
+    body["extra"] = 1
+    body["message"]["personalize"] = False
+    body["flow_config"]["agents"][1]["agent"]["skills"] = []
+    body["flow_config"]["agents"][1]["agent"]["config"]["unknown_knob"] = "x"
+    r = server.post("/api/messages", body)
+    assert r.status_code == 200, r.text
+
+
+def test_sender_and_receiver_without_name_field_are_accepted(server, llm, user_id):
+    llm.queue("Fine. TERMINATE")
+    flow = wf.autonomous(wf.assistant())
+    flow["receiver"] = {"type": "assistant", "config": flow["receiver"]["config"]}
+    flow["sender"] = {"name": "userproxy", **flow["sender"]}
+    r = server.post("/api/messages", {"message": wf.message(user_id, "hi"), "flow_config": flow})
+    assert r.status_code == 200, r.text

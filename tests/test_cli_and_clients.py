@@ -1,0 +1,102 @@
+"""The command line (`python -m autobots run`) and the client scripts in src/web/testing/."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SERVER_KEY
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "src" / "web" / "testing"
+
+
+def run_script(name: str, *args: str, url: str, user_id: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AUTOBOTS_URL": url, "AUTOBOTS_USER_ID": user_id}
+    return subprocess.run(
+        [sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def test_cli_run_prints_each_message_and_the_cost(llm, tmp_path):
+    llm.queue("Paris is the capital of France. TERMINATE")
+    workflow = tmp_path / "wf.json"
+    workflow.write_text((ROOT / "src/web/examples/autonomous.json").read_text())
+    env = {
+        **os.environ,
+        "OPENAI_API_KEY": SERVER_KEY,
+        "OPENAI_BASE_URL": llm.base_url,
+        "AUTOBOTS_DATABASE_URL": f"sqlite:///{tmp_path / 'database.sqlite'}",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "autobots", "run", str(workflow), "Capital of France?"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "--- userproxy -> primary_assistant\nCapital of France?" in out.stdout
+    assert "Paris is the capital of France." in out.stdout
+    counted = llm.counted()
+    assert (
+        f"tokens: {counted['prompt_tokens']} prompt + {counted['completion_tokens']} completion" in out.stdout
+    )
+    assert "cost: $" in out.stdout and "LLM calls: 1" in out.stdout
+    assert SERVER_KEY not in out.stdout + out.stderr
+
+
+def test_cli_run_rejects_a_bad_workflow_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"type": "nonsense"}))
+    out = subprocess.run(
+        [sys.executable, "-m", "autobots", "run", str(bad), "hi"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2 and "cannot use workflow" in out.stderr
+
+
+@pytest.mark.parametrize("script", ["autoworkflow.py", "seqworkflow.py", "groupworkflow.py"])
+def test_workflow_scripts_print_answer_cost_and_timing(server, llm, user_id, script):
+    llm.responder = lambda body: "Here is my part. TERMINATE"
+    out = run_script(script, "Plan a picnic", url=server.url, user_id=user_id)
+    assert out.returncode == 0, out.stderr
+    assert "=== answer\nHere is my part." in out.stdout
+    assert "cost: $" in out.stdout and "time: " in out.stdout
+    assert f"LLM calls: {llm.counted()['calls']}" in out.stdout
+
+
+def test_session_scripts(server, llm, user_id):
+    out = run_script("newsession.py", url=server.url, user_id=user_id)
+    assert out.returncode == 0, out.stderr
+    session_id = json.loads(out.stdout.splitlines()[1])["session_id"]
+
+    llm.queue("Answer one. TERMINATE")
+    out = run_script(
+        "autoworkflow.py", "Question one", "--session-id", session_id, url=server.url, user_id=user_id
+    )
+    assert out.returncode == 0, out.stderr
+
+    out = run_script("publish.py", session_id, "--tags", "demo,picnic", url=server.url, user_id=user_id)
+    assert out.returncode == 0, out.stderr
+    assert "tags: demo, picnic" in out.stdout and "[assistant] Answer one." in out.stdout
+
+    msgs = server.get("/api/messages", user_id=user_id, session_id=session_id).json()["data"]
+    out = run_script("deletemsg.py", session_id, msgs[0]["msg_id"], url=server.url, user_id=user_id)
+    assert out.returncode == 0 and "Question one" not in out.stdout and "Answer one." in out.stdout
+
+    out = run_script("cleardb.py", session_id, url=server.url, user_id=user_id)
+    assert out.returncode == 0 and session_id not in out.stdout
+
+    out = run_script("cleardb.py", session_id, url=server.url, user_id=user_id)
+    assert out.returncode == 1 and "error 404" in out.stderr
+
+
+def test_scripts_report_an_unreachable_server(user_id):
+    out = run_script("newsession.py", url="http://127.0.0.1:9", user_id=user_id)
+    assert out.returncode == 1 and "cannot reach" in out.stderr
