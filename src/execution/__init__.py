@@ -1,0 +1,33 @@
+"""Sandboxed execution of LLM-written code (Docker containers or bubblewrap).
+
+The lead's entry points: open_executor() for a run, session_workdir() and
+resolve_session_file()/open_session_file() for files, sweep_orphans() at server
+start, docker_available() for status pages.
+"""
+
+from .base import SandboxExecutor
+from .docker_executor import DockerSandboxExecutor
+from .errors import ExecutionUnavailable
+from .factory import docker_available, open_executor
+from .local_executor import BwrapSandboxExecutor, UnsafeLocalExecutor
+from .orphans import sweep_orphans
+from .request import ExecutionRequest
+from .settings import ExecutionSettings
+from .workdir import FileInfo, open_session_file, resolve_session_file, session_workdir
+
+__all__ = [
+    "BwrapSandboxExecutor",
+    "DockerSandboxExecutor",
+    "ExecutionRequest",
+    "ExecutionSettings",
+    "ExecutionUnavailable",
+    "FileInfo",
+    "SandboxExecutor",
+    "UnsafeLocalExecutor",
+    "docker_available",
+    "open_executor",
+    "open_session_file",
+    "resolve_session_file",
+    "session_workdir",
+    "sweep_orphans",
+]

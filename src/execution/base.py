@@ -1,0 +1,218 @@
+"""What every sandbox executor shares: AutoGen's CodeExecutor protocol, result
+formatting, output capping, observer events and close-from-any-thread semantics.
+
+Subclasses only say how one prepared command runs inside their kind of sandbox
+(:meth:`SandboxExecutor._run`) and how to tear the sandbox down.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from autogen.coding.base import CodeBlock, CommandLineCodeResult
+from autogen.coding.markdown_code_extractor import MarkdownCodeExtractor
+
+from .codeprep import prepare_block
+from .output import OutputCollector, cap_text
+from .settings import SANDBOX_WORKDIR
+from .workdir import FileInfo, list_workdir_files
+
+log = logging.getLogger(__name__)
+
+Observer = Callable[[str, dict], None]
+
+# Exit code reported for a block stopped by the timeout, as AutoGen's own executors do.
+TIMEOUT_EXIT_CODE = 124
+CANCELLED_MESSAGE = "Execution cancelled: the sandbox was closed."
+
+_live: weakref.WeakSet[SandboxExecutor] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_executors() -> None:
+    """Remove sandboxes of a server that exits without closing them (no orphans left)."""
+    for executor in list(_live):
+        try:
+            executor.close()
+        except Exception:
+            log.exception("closing a %s sandbox at exit failed", executor.kind)
+
+
+@dataclass
+class RawRun:
+    """How one command ended inside a sandbox."""
+
+    exit_code: int
+    output: OutputCollector
+    timed_out: bool = False
+    cancelled: bool = False
+
+
+class SandboxExecutor(ABC):
+    """Base of all executors handed to AutoGen as ``code_execution_config={"executor": ...}``."""
+
+    kind: str = ""
+
+    def __init__(
+        self,
+        *,
+        work_dir: Path,
+        timeout_s: int,
+        output_limit_bytes: int,
+        run_id: str,
+        observer: Observer | None = None,
+    ) -> None:
+        self._work_dir = work_dir
+        self._timeout_s = timeout_s
+        self._output_limit = output_limit_bytes
+        self._run_id = run_id
+        self._observer = observer
+        self._closed = threading.Event()
+        self._close_lock = threading.Lock()
+        self._extractor = MarkdownCodeExtractor()
+        _live.add(self)
+
+    # --- AutoGen CodeExecutor protocol -------------------------------------------------
+
+    @property
+    def code_extractor(self) -> MarkdownCodeExtractor:
+        """Markdown fences, as in AutoGen's own command-line executors."""
+        return self._extractor
+
+    def execute_code_blocks(self, code_blocks: list[CodeBlock]) -> CommandLineCodeResult:
+        """Run the blocks in order and stop at the first that fails, as AutoGen does."""
+        if not code_blocks:
+            raise ValueError("No code blocks to execute.")
+        outputs: list[str] = []
+        exit_code = 0
+        first_file: str | None = None
+        for block in code_blocks:
+            if self._closed.is_set():
+                outputs.append(CANCELLED_MESSAGE)
+                exit_code = 1
+                break
+            exit_code, text, code_path = self._execute_one(block)
+            outputs.append(text)
+            if first_file is None:
+                first_file = code_path
+            if exit_code != 0:
+                break
+        output, _ = cap_text("".join(outputs), self._output_limit)
+        return CommandLineCodeResult(exit_code=exit_code, output=output, code_file=first_file)
+
+    @abstractmethod
+    def restart(self) -> None:
+        """AutoGen calls this on agent reset; executors with state drop it here."""
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Tear the sandbox down; idempotent and safe from any thread.
+
+        Called from another thread while a block runs, it kills that block: the
+        block's result then says the execution was cancelled.
+        """
+        with self._close_lock:
+            if self._closed.is_set():
+                return
+            self._closed.set()
+        try:
+            self._close()
+        finally:
+            _live.discard(self)
+
+    @property
+    def closed(self) -> bool:
+        """True once close() was called."""
+        return self._closed.is_set()
+
+    def __enter__(self) -> SandboxExecutor:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- files ----------------------------------------------------------------------------
+
+    @property
+    def work_dir(self) -> Path:
+        """Host dir the code sees as /workspace."""
+        return self._work_dir
+
+    @property
+    def timeout_s(self) -> int:
+        """Wall-clock limit per code block."""
+        return self._timeout_s
+
+    def list_files(self) -> list[FileInfo]:
+        """Regular files the code left in its work dir (code files live in the sandbox's /tmp)."""
+        return list_workdir_files(self._work_dir)
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _notify(self, event: str, payload: dict) -> None:
+        if self._observer is None:
+            return
+        try:
+            self._observer(event, payload)
+        except Exception:
+            # A broken observer (UI, storage) must not change what the code run returns.
+            log.exception("code execution observer failed on %s", event)
+
+    def _execute_one(self, block: CodeBlock) -> tuple[int, str, str | None]:
+        self._notify("code_execution_start", {"language": block.language, "code": block.code})
+        started = time.monotonic()
+        prepared = prepare_block(block.language, block.code, *self._code_dirs())
+        truncated = False
+        if prepared.argv is None:
+            exit_code, text = 1, prepared.error or "The code block cannot be run.\n"
+        else:
+            raw = self._run(prepared.argv, self._timeout_s)
+            text = raw.output.text()
+            truncated = raw.output.truncated
+            exit_code = raw.exit_code
+            if raw.cancelled or (self._closed.is_set() and exit_code != 0):
+                exit_code = exit_code or 1
+                text += ("\n" if text and not text.endswith("\n") else "") + CANCELLED_MESSAGE
+            elif raw.timed_out:
+                exit_code = TIMEOUT_EXIT_CODE
+                text += (
+                    "\n" if text and not text.endswith("\n") else ""
+                ) + f"Timeout: the code block ran longer than {self._timeout_s} s and was stopped."
+        duration = time.monotonic() - started
+        self._notify(
+            "code_execution_result",
+            {
+                "exit_code": exit_code,
+                "output": text,
+                "truncated": truncated,
+                "duration_s": round(duration, 3),
+            },
+        )
+        return exit_code, text, prepared.code_path
+
+    def _code_dirs(self) -> tuple[str, str]:
+        """(work dir, temp dir) as seen by the code; sandboxes mount them at fixed places."""
+        return SANDBOX_WORKDIR, "/tmp"
+
+    @abstractmethod
+    def _run(self, argv: list[str], timeout_s: int) -> RawRun:
+        """Run ``argv`` (an in-sandbox command) with the wall-clock limit; never raises for code faults."""
+
+    @abstractmethod
+    def _close(self) -> None:
+        """Release the sandbox; called once."""

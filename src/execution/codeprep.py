@@ -1,0 +1,106 @@
+"""Turning an AutoGen code block into the command that runs it inside a sandbox.
+
+The host never writes code into the work dir: the sandbox is free to plant
+symlinks there, and a host-side (root) write through one would overwrite a host
+file. Instead the code travels as command-line arguments and a tiny POSIX sh
+bootstrap writes it to a file *inside* the sandbox, as the sandbox user, then
+execs the interpreter on it. Temporary code files go to the sandbox's private
+/tmp, so they never show up among the user's files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from .request import check_relative_subpath
+from .settings import SANDBOX_WORKDIR
+
+# Language (lower case, as the markdown extractor reports it) -> (interpreter, file suffix).
+LANGUAGES: dict[str, tuple[str, str]] = {
+    "python": ("python3", "py"),
+    "py": ("python3", "py"),
+    "python3": ("python3", "py"),
+    "bash": ("bash", "sh"),
+    "sh": ("sh", "sh"),
+    "shell": ("sh", "sh"),
+}
+
+_BARE_FILENAME_RE = re.compile(r"^[\w./-]*\w\.[A-Za-z0-9]{1,8}$")
+
+# The kernel caps one argv string at 128 KiB (MAX_ARG_STRLEN, NUL included); chunks
+# of 30,000 characters stay below it even if every character takes 4 bytes in UTF-8.
+_CHUNK_CHARS = 30_000
+# All argv strings together must fit ARG_MAX (2 MiB with the default 8 MiB stack).
+MAX_CODE_BYTES = 1024 * 1024
+
+# $1: file to write, $2: interpreter, rest: the code in chunks. printf's format is a
+# constant, so nothing in the code is ever interpreted by the shell.
+BOOTSTRAP = (
+    "f=$1; i=$2; shift 2; d=${f%/*}; "
+    '{ [ -d "$d" ] || mkdir -p "$d"; } && printf %s "$@" > "$f" || '
+    '{ echo "sandbox: cannot write $f" >&2; exit 126; }; '
+    'exec "$i" "$f"'
+)
+
+
+@dataclass(frozen=True)
+class PreparedBlock:
+    """A block ready to run: the in-sandbox argv, or the reason it cannot run."""
+
+    language: str
+    argv: list[str] | None
+    code_path: str | None
+    error: str | None = None
+
+
+def _filename_from_comment(code: str) -> str | None:
+    """The file name an LLM asked for with a first-line comment (``# filename: x.py``).
+
+    AutoGen also takes a bare ``# x.py``; unlike AutoGen, a bare comment only counts
+    when it looks like a file name, so ``# compute the sum`` does not create a file.
+    """
+    first = code.split("\n", 1)[0].strip()
+    for prefix in ("# filename:", "// filename:"):
+        if first.startswith(prefix):
+            return first[len(prefix) :].strip() or None
+    for prefix in ("# ", "// "):
+        if first.startswith(prefix):
+            name = first[len(prefix) :].strip()
+            if _BARE_FILENAME_RE.match(name):
+                return name
+    return None
+
+
+def prepare_block(
+    language: str, code: str, work_dir: str = SANDBOX_WORKDIR, tmp_dir: str = "/tmp"
+) -> PreparedBlock:
+    """Map a block to its interpreter and the bootstrap argv, validating what the LLM wrote.
+
+    ``work_dir`` and ``tmp_dir`` are the paths as the code sees them: the sandboxes'
+    /workspace and private /tmp, or host paths for the unsandboxed executor.
+    """
+    lang = language.lower().strip()
+    if lang not in LANGUAGES:
+        shown = lang or "(none given)"
+        return PreparedBlock(lang, None, None, f"Unsupported language {shown}\n")
+    interpreter, suffix = LANGUAGES[lang]
+    if "\x00" in code:
+        return PreparedBlock(lang, None, None, "The code contains a NUL character and cannot be run.\n")
+    if len(code.encode("utf-8")) > MAX_CODE_BYTES:
+        return PreparedBlock(lang, None, None, f"The code block is larger than {MAX_CODE_BYTES} bytes.\n")
+
+    requested = _filename_from_comment(code)
+    if requested is not None:
+        try:
+            code_path = f"{work_dir}/{check_relative_subpath(requested)}"
+        except ValueError:
+            return PreparedBlock(lang, None, None, "Filename is not in the workspace\n")
+    else:
+        digest = hashlib.md5(code.encode("utf-8"), usedforsecurity=False).hexdigest()
+        code_path = f"{tmp_dir}/tmp_code_{digest}.{suffix}"
+
+    chunks = [code[i : i + _CHUNK_CHARS] for i in range(0, len(code), _CHUNK_CHARS)] or [""]
+    argv = ["sh", "-c", BOOTSTRAP, "sandbox-bootstrap", code_path, interpreter, *chunks]
+    return PreparedBlock(lang, argv, code_path)

@@ -1,0 +1,85 @@
+"""Choosing and opening the executor for a run, with a cheap preflight.
+
+Everything that can make a run impossible is checked here, before the
+conversation starts, so the user gets one clear ExecutionUnavailable instead of
+a failure in the middle of a chat. Nothing slow happens here: no container is
+started (that waits for the first code block) and no image is ever pulled.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .base import Observer, SandboxExecutor
+from .docker_engine import PING_TIMEOUT_S, connect, require_image
+from .docker_executor import DockerSandboxExecutor
+from .errors import ExecutionUnavailable
+from .local_executor import BwrapSandboxExecutor, UnsafeLocalExecutor
+from .request import ExecutionRequest
+from .settings import ExecutionSettings
+from .workdir import run_subdir
+
+log = logging.getLogger(__name__)
+
+
+def docker_available(settings: ExecutionSettings) -> bool:
+    """True if the configured Docker engine answers a ping (the image is not checked)."""
+    try:
+        client = connect(settings, timeout=PING_TIMEOUT_S)
+    except ExecutionUnavailable:
+        return False
+    client.close()
+    return True
+
+
+def open_executor(
+    request: ExecutionRequest,
+    work_dir: Path,
+    settings: ExecutionSettings,
+    run_id: str,
+    observer: Observer | None = None,
+) -> SandboxExecutor:
+    """The executor for one run, ready to hand to AutoGen.
+
+    ``work_dir`` is the session's work dir (from session_workdir); the request may
+    narrow it to a sub dir. With ``settings.fallback_to_local``, an unreachable
+    engine or a missing default image gives the local sandbox instead; a missing
+    image the user named explicitly is reported, not silently replaced.
+    """
+    run_dir = run_subdir(Path(work_dir), request.work_dir)
+    kind = request.executor or settings.executor
+    timeout_s = request.timeout_s or settings.timeout_s
+    common = {
+        "work_dir": run_dir,
+        "settings": settings,
+        "timeout_s": timeout_s,
+        "run_id": run_id,
+        "observer": observer,
+    }
+
+    if kind == "unsafe-local":
+        return UnsafeLocalExecutor(**common)
+    if kind == "local":
+        return BwrapSandboxExecutor(**common)
+
+    image = request.image or settings.image
+    try:
+        client = connect(settings)
+        try:
+            require_image(client, image, settings)
+        except ExecutionUnavailable:
+            client.close()
+            raise
+    except ExecutionUnavailable as docker_problem:
+        if not settings.fallback_to_local or request.image not in (None, settings.image):
+            raise
+        try:
+            executor = BwrapSandboxExecutor(**common)
+        except ExecutionUnavailable as local_problem:
+            raise ExecutionUnavailable(
+                f"{docker_problem}; the local fallback failed too: {local_problem}"
+            ) from None
+        log.warning("Docker sandbox unavailable, using the local sandbox: %s", docker_problem)
+        return executor
+    return DockerSandboxExecutor(client=client, image=image, **common)
