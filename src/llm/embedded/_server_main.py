@@ -1,0 +1,390 @@
+"""The managed local model server process: llama_cpp.server's OpenAI API plus what autobots needs.
+
+It is started by ``autobots.llm.embedded.server`` as ``python <this file> --config FILE``,
+by path and not as ``-m autobots...``, so it works whichever way the parent found the
+``autobots`` package; it therefore imports nothing from autobots.
+
+Why not plain ``python -m llama_cpp.server --config_file``?  Its routes, request types,
+request lock and SSE publisher are reused unchanged, but six behaviours of its stock
+entry point are wrong for a server shared by several AutoGen agents and processes:
+
+1. ``interrupt_requests`` defaults to true: a queued request *cuts off* the stream in
+   progress, so two agents talking at once would silently get truncated answers.  Here it
+   is off; requests queue on llama_cpp.server's outer/inner anyio locks and run one at a
+   time, each to completion.
+2. Its model proxy keeps one model loaded and reloads on every switch (dropping the
+   prompt cache), and it silently answers with the *default* model when asked for an
+   unknown name.  Here every configured model stays resident once loaded (lazily), and an
+   unknown name is a 404.
+3. Streaming responses carry no ``usage`` (it ignores ``stream_options``), and AutoGen
+   streams with ``include_usage``; token counts would read 0.  Here the final chunk carries
+   exact usage, counted from the same token lists the non-streaming path reports.
+4. It binds a port it is told; here the socket is bound to 127.0.0.1:0 before anything
+   else, so there is no window between choosing a free port and listening on it.
+5. It runs until killed; here a watchdog stops it when no registered client process is
+   alive (after ``linger_s``), so a crashed or SIGKILLed autobots never leaves an orphan.
+6. A lock-free ``/autobots/health`` lets clients check identity and liveness while a long
+   generation holds the model lock (``/v1/models`` waits for that lock).
+"""
+
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+HEALTH_PATH = "/autobots/health"
+
+
+def process_start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot), or None if it is gone.
+
+    Pairing pid with start time makes liveness checks immune to pid reuse: a recycled pid
+    has a different start time.  Off Linux (no /proc) it degrades to a plain existence check.
+    """
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return "unknown"
+        return "unknown"
+    fields = raw[raw.rfind(")") + 2 :].split()
+    # Field 22 of /proc/PID/stat is starttime; fields[0] here is field 3 (state).
+    # A zombie has exited: it only waits for its parent to reap it.
+    if fields[0] == "Z":
+        return None
+    return fields[19]
+
+
+def client_file_name(pid: int) -> str | None:
+    """The name a client registers under: ``<pid>-<starttime>``, None if ``pid`` is not alive."""
+    start = process_start_time(pid)
+    return None if start is None else f"{pid}-{start}"
+
+
+def client_alive(name: str) -> bool:
+    """Whether the process that registered ``name`` is the same process and still running."""
+    pid_text, _, start = name.partition("-")
+    if not pid_text.isdigit():
+        return False
+    current = process_start_time(int(pid_text))
+    return current is not None and (current == start or "unknown" in (current, start))
+
+
+def live_clients(clients_dir: Path, prune: bool) -> list[str]:
+    """Registered clients still alive; with ``prune``, files of dead clients are removed."""
+    alive: list[str] = []
+    try:
+        entries = list(clients_dir.iterdir())
+    except FileNotFoundError:
+        return alive
+    for entry in entries:
+        if client_alive(entry.name):
+            alive.append(entry.name)
+        elif prune:
+            entry.unlink(missing_ok=True)
+    return alive
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _make_llama_class() -> type:
+    """A ``Llama`` that remembers the token counts of its last generation.
+
+    ``_create_completion`` reports usage only on its non-streaming path; both paths drive
+    ``generate`` with the full prompt token list and stop at the first end-of-generation
+    token without appending it, so counting here matches the non-streaming figures exactly.
+    """
+    import llama_cpp
+
+    class MeteredLlama(llama_cpp.Llama):  # type: ignore[misc]
+        last_usage: tuple[int, int] = (0, 0)
+
+        def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
+            prompt_tokens = len(tokens)
+            completion_tokens = 0
+            self.last_usage = (prompt_tokens, 0)
+            inner = super().generate(tokens, *args, **kwargs)
+            sent: Any = None
+            while True:
+                try:
+                    token = inner.send(sent)
+                except StopIteration:
+                    return
+                if not llama_cpp.llama_vocab_is_eog(self._model.vocab, token):
+                    completion_tokens += 1
+                    self.last_usage = (prompt_tokens, completion_tokens)
+                sent = yield token
+
+        def save_state(self) -> Any:
+            """Keep only the last row of logits in prompt-cache entries.
+
+            The stock state copies ``n_batch x n_vocab`` floats (311 MB for Qwen's 152k
+            vocabulary) that the RAM cache does not even count against its capacity, so a
+            few dozen entries would quietly eat many GB.  The rows are never read back:
+            after ``load_state`` the model re-evaluates at least the last prompt token
+            before sampling (``_requires_eval``), and ``load_state`` broadcasts one row.
+            """
+            state = super().save_state()
+            if len(state.scores) > 1:
+                state.scores = state.scores[-1:].copy()
+            return state
+
+    return MeteredLlama
+
+
+class ResidentModels:
+    """Stand-in for llama_cpp.server's ``LlamaProxy``: every configured model stays loaded.
+
+    It is only ever called under llama_cpp.server's request lock, so loads never race with
+    generation; the threading lock additionally covers the startup preload and health reads.
+    """
+
+    def __init__(self, models: list[dict[str, Any]]) -> None:
+        self._specs = {m["alias"]: m for m in models}
+        self._default = models[0]["alias"]
+        self._loaded: dict[str, Any] = {}
+        self._chat_formats: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._llama_class = _make_llama_class()
+
+    def __call__(self, model: str | None = None) -> Any:
+        from fastapi import HTTPException
+
+        alias = model or self._default
+        if alias not in self._specs:
+            raise HTTPException(
+                status_code=404,
+                detail=f"Model {alias!r} is not served here; served models: {', '.join(self._specs)}",
+            )
+        return self.load(alias)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._specs))
+
+    def load(self, alias: str) -> Any:
+        with self._lock:
+            llama = self._loaded.get(alias)
+            if llama is None:
+                llama = self._load(self._specs[alias])
+                self._loaded[alias] = llama
+                self._chat_formats[alias] = str(llama.chat_format)
+            return llama
+
+    def _load(self, spec: dict[str, Any]) -> Any:
+        import llama_cpp
+
+        llama = self._llama_class(
+            model_path=spec["path"],
+            n_ctx=spec["n_ctx"],
+            n_batch=spec["n_batch"],
+            n_ubatch=spec["n_batch"],
+            n_threads=spec["n_threads"],
+            n_threads_batch=spec["n_threads"],
+            # The server default logits_all=True keeps logits for every prompt token:
+            # n_ctx x vocab floats (5 GB for Qwen at 8k) and slower prompt processing,
+            # only to serve logprobs, which AutoGen never asks for.
+            logits_all=False,
+            use_mlock=False,
+            verbose=False,
+        )
+        if llama.chat_format == "llama-2":
+            # llama.cpp falls back to llama-2 prompts when the GGUF has no chat template;
+            # answering in the wrong format would look like a model that cannot follow chat.
+            raise RuntimeError(f"{spec['path']} has no chat template in its GGUF metadata")
+        if spec["cache_bytes"] > 0:
+            llama.set_cache(llama_cpp.LlamaRAMCache(capacity_bytes=spec["cache_bytes"]))
+        return llama
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {"models": list(self._specs), "loaded": dict(self._chat_formats)}
+
+    def close(self) -> None:
+        with self._lock:
+            for llama in self._loaded.values():
+                with contextlib.suppress(Exception):
+                    llama.close()
+            self._loaded.clear()
+
+
+def build_app(config: dict[str, Any], models: ResidentModels) -> Any:
+    """The FastAPI app: llama_cpp.server's router behind our chat route and health route."""
+    import anyio
+    import llama_cpp.server.app as llama_app
+    from fastapi import APIRouter, Depends, FastAPI, Request
+    from llama_cpp.server.errors import RouteErrorHandler
+    from llama_cpp.server.settings import ServerSettings
+    from llama_cpp.server.types import CreateChatCompletionRequest
+    from pydantic import BaseModel
+    from sse_starlette.sse import EventSourceResponse
+    from starlette.concurrency import run_in_threadpool
+    from starlette_context.middleware import RawContextMiddleware
+    from starlette_context.plugins import RequestIdPlugin
+
+    if not hasattr(llama_app, "_llama_proxy") or not hasattr(llama_app, "get_event_publisher"):
+        raise RuntimeError(
+            f"unsupported llama_cpp.server layout in llama-cpp-python {llama_app.llama_cpp.__version__}"
+        )
+
+    llama_app.set_server_settings(ServerSettings(api_key=config["api_key"], interrupt_requests=False))
+    llama_app._llama_proxy = models  # read per request by llama_app.get_llama_proxy
+
+    class StreamOptions(BaseModel):
+        include_usage: bool = False
+
+    class ChatRequest(CreateChatCompletionRequest):  # type: ignore[misc]
+        stream_options: StreamOptions | None = None
+
+    router = APIRouter(route_class=RouteErrorHandler)
+
+    @router.get(HEALTH_PATH)
+    async def health() -> dict[str, Any]:
+        return {"instance": config["instance"], "pid": os.getpid(), **models.status()}
+
+    @router.post("/v1/chat/completions", dependencies=[Depends(llama_app.authenticate)])
+    async def chat(request: Request, body: ChatRequest) -> Any:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        kwargs = body.model_dump(exclude={"n", "logit_bias_type", "user", "min_tokens", "stream_options"})
+        if kwargs.get("stream", False):
+
+            def call(llama: Any, **kw: Any) -> Iterator[dict[str, Any]]:
+                chunks = llama.create_chat_completion(**kw)
+                return _with_usage(chunks, llama) if include_usage else chunks
+
+            send_chan, recv_chan = anyio.create_memory_object_stream(10)
+            return EventSourceResponse(
+                recv_chan,
+                data_sender_callable=partial(
+                    llama_app.get_event_publisher,
+                    request=request,
+                    inner_send_chan=send_chan,
+                    body=body,
+                    body_model=body.model,
+                    llama_call=call,
+                    kwargs=kwargs,
+                ),
+                sep="\n",
+            )
+        async with contextlib.asynccontextmanager(llama_app.get_llama_proxy)() as proxy:
+            llama = llama_app.prepare_request_resources(body, proxy, body.model, kwargs)
+            return await run_in_threadpool(llama.create_chat_completion, **kwargs)
+
+    app = FastAPI(title="autobots embedded models", version=llama_app.llama_cpp.__version__)
+    app.add_middleware(RawContextMiddleware, plugins=(RequestIdPlugin(),))
+    app.include_router(router)  # first, so our chat route shadows the stock one
+    app.include_router(llama_app.router)
+    return app
+
+
+def _with_usage(chunks: Iterator[dict[str, Any]], llama: Any) -> Iterator[dict[str, Any]]:
+    """Pass the chunks through, then add OpenAI's closing usage chunk (empty ``choices``)."""
+    last: dict[str, Any] | None = None
+    for chunk in chunks:
+        last = chunk
+        yield chunk
+    if last is not None:
+        prompt_tokens, completion_tokens = llama.last_usage
+        yield {
+            "id": last["id"],
+            "object": "chat.completion.chunk",
+            "created": last["created"],
+            "model": last["model"],
+            "choices": [],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+
+def _watch_clients(config: dict[str, Any], stop: threading.Event, server_box: list[Any]) -> None:
+    """Stop the server once no client process has been alive for ``linger_s`` seconds."""
+    clients_dir = Path(config["clients_dir"])
+    linger = float(config["linger_s"])
+    idle_since: float | None = None
+    while not stop.is_set():
+        if live_clients(clients_dir, prune=True):
+            idle_since = None
+        else:
+            now = time.monotonic()
+            idle_since = now if idle_since is None else idle_since
+            if now - idle_since >= linger:
+                print("no live client left; shutting down", file=sys.stderr, flush=True)
+                stop.set()
+                if server_box:
+                    server_box[0].should_exit = True
+                return
+        stop.wait(1.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="autobots managed llama.cpp server")
+    parser.add_argument("--config", required=True, type=Path)
+    args = parser.parse_args(argv)
+    config = json.loads(args.config.read_text(encoding="utf-8"))
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+
+    stop = threading.Event()
+    server_box: list[Any] = []
+    watchdog = threading.Thread(
+        target=_watch_clients, args=(config, stop, server_box), name="client-watchdog", daemon=True
+    )
+    watchdog.start()
+
+    import uvicorn
+
+    models = ResidentModels(config["models"])
+    try:
+        for alias in config["preload"]:
+            models.load(alias)
+        app = build_app(config, models)
+        server = uvicorn.Server(
+            uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+        )
+        server_box.append(server)
+        if stop.is_set():
+            return 0
+        # Written only once the models are loaded, so the port file doubles as "loaded".
+        _write_json_atomic(
+            Path(config["port_file"]),
+            {"port": port, "pid": os.getpid(), "instance": config["instance"]},
+        )
+        server.run(sockets=[sock])
+    finally:
+        stop.set()
+        models.close()
+        sock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

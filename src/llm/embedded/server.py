@@ -1,0 +1,480 @@
+"""Ready-to-use endpoints for embedded models: one managed llama.cpp server per machine.
+
+Design, and why:
+
+* **A local OpenAI-compatible server, not an in-process model client.**  AutoGen then
+  talks to the embedded model through exactly the code path it uses for OpenAI (its
+  ``OpenAIClient``: streaming, ``usage``, retries, tools), so nothing in the agents or in
+  the lead's cost/metadata code needs an embedded special case; the price ``[0, 0]`` in
+  the config entry makes the cost 0.  A custom client registered with
+  ``register_model_client`` would have to re-implement streaming and usage, and would put
+  a 1 GB model and its threads inside every web worker process.
+* **One server per machine (per cache directory).**  The model costs ~1.5 GB of RAM and
+  all cores while generating; several autobots processes each loading it would multiply
+  the RAM and fight over 2 cores.  A lock file serialises "check or start", and a state
+  file tells later processes where the running server is.  They verify it is alive (pid +
+  kernel start time), is the instance recorded (a random id served on a lock-free health
+  route), and serves the requested model; otherwise it is (re)started.
+* **Lifetime = its users.**  Each process using the server registers a file named after
+  its pid and start time.  ``shutdown()`` (also run at interpreter exit) removes it and
+  stops the server when no other live user remains; the server's own watchdog stops it
+  when every registered process has died (a SIGKILLed worker leaves no orphan).  With
+  ``linger_s > 0`` the server stays warm that long after the last user leaves.
+* **Requests are serialised by the server**, one generation at a time, each to completion
+  (see ``_server_main``): on 2 cores parallel generations would only be slower, and
+  llama.cpp's context is not safe for concurrent use.  Queued requests wait, they are
+  never cut short.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import _server_main
+from ._locks import atomic_write_text, exclusive_lock
+from .errors import EmbeddedModelError
+from .registry import MODELS, get_spec
+from .settings import EmbeddedSettings
+from .weights import prepare_model_file
+
+log = logging.getLogger(__name__)
+
+_LAUNCHER = Path(_server_main.__file__).resolve()
+_STOP_TIMEOUT_S = 15.0
+# Environment variables the model server has no use for and should not hold.
+_SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
+
+
+class EmbeddedEndpoint(BaseModel):
+    """Where to reach one embedded model, as an OpenAI-compatible endpoint.
+
+    ``api_key`` is a random per-server token that keeps other local users off the server;
+    it grants nothing beyond that server, yet it is kept out of ``repr`` so a logged
+    endpoint does not spread it.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    base_url: str
+    model: str
+    api_key: str = Field(repr=False)
+
+    def config_entry(self) -> dict[str, Any]:
+        """An AutoGen ``config_list`` entry; ``price`` [0, 0] makes AutoGen's cost exactly 0."""
+        return {"model": self.model, "base_url": self.base_url, "api_key": self.api_key, "price": [0, 0]}
+
+
+@dataclass
+class _Attachment:
+    """This process's view of the server it uses in one state directory."""
+
+    state_dir: Path
+    owner_pid: int
+    server_pid: int
+    server_start: str
+    instance: str
+    port: int
+    api_key: str
+    models: list[str]
+    loaded: set[str] = field(default_factory=set)
+    process: subprocess.Popen[bytes] | None = None
+
+    def endpoint(self, model: str) -> EmbeddedEndpoint:
+        return EmbeddedEndpoint(
+            base_url=f"http://127.0.0.1:{self.port}/v1", model=model, api_key=self.api_key
+        )
+
+    def server_alive(self) -> bool:
+        if self.process is not None:
+            self.process.poll()  # reap it if it exited, so it does not linger as a zombie
+        return _server_main.process_start_time(self.server_pid) == self.server_start
+
+
+_lock = threading.RLock()
+_attachments: dict[Path, _Attachment] = {}
+_atexit_registered = False
+
+
+def _state_dir(settings: EmbeddedSettings) -> Path:
+    return settings.resolved_cache_dir() / "server"
+
+
+def _no_proxy_opener() -> urllib.request.OpenerDirector:
+    # The server is on loopback; an HTTP(S)_PROXY in the environment must not reroute it.
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _http_json(url: str, timeout: float, payload: dict[str, Any] | None = None, token: str = "") -> Any:
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(url, data=data, method="GET" if data is None else "POST")
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with _no_proxy_opener().open(request, timeout=timeout) as response:
+        return json.loads(response.read().decode())
+
+
+def _health(port: int, timeout: float = 5.0) -> dict[str, Any] | None:
+    try:
+        data = _http_json(f"http://127.0.0.1:{port}{_server_main.HEALTH_PATH}", timeout)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _read_state(state_dir: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _register_client(state_dir: Path) -> None:
+    name = _server_main.client_file_name(os.getpid())
+    if name is None:  # cannot happen for our own pid, but keep the type honest
+        raise EmbeddedModelError("cannot determine this process's start time")
+    clients = state_dir / "clients"
+    clients.mkdir(parents=True, exist_ok=True)
+    (clients / name).touch()
+
+
+def _unregister_client(state_dir: Path) -> None:
+    name = _server_main.client_file_name(os.getpid())
+    if name is not None:
+        (state_dir / "clients" / name).unlink(missing_ok=True)
+
+
+def _log_tail(path: Path, limit: int = 2000) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return text[-limit:].strip()
+
+
+def _terminate(pid: int, start: str, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Stop a server we know by pid + start time: SIGTERM for a graceful exit, SIGKILL if stuck."""
+    if _server_main.process_start_time(pid) != start:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + _STOP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process is not None:
+            process.poll()
+        if _server_main.process_start_time(pid) != start:
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    if process is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5)
+
+
+def _server_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not any(m in k.upper() for m in _SECRET_MARKERS)}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _prepare_models(model: str, wanted: list[str], settings: EmbeddedSettings) -> dict[str, Path]:
+    """Verified files for ``wanted``: the requested model must work, others are best effort.
+
+    Offering every installed model from the start means a later request for another one
+    does not force a restart of a server that other processes may be using.
+    """
+    cache_dir = settings.resolved_cache_dir()
+    paths: dict[str, Path] = {model: prepare_model_file(get_spec(model), cache_dir)}
+    for alias in wanted:
+        if alias in paths:
+            continue
+        try:
+            paths[alias] = prepare_model_file(get_spec(alias), cache_dir)
+        except EmbeddedModelError as exc:
+            log.info("Embedded model %s not offered: %s", alias, exc)
+    return paths
+
+
+def _check_runtime() -> None:
+    """Fail early, with the install command, if llama-cpp-python's server extra is missing."""
+    import importlib.util
+
+    for module in ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context"):
+        if importlib.util.find_spec(module) is None:
+            raise EmbeddedModelError(
+                f"The embedded model runtime is not installed (no module {module!r}). "
+                "Install it with: pip install 'llama-cpp-python[server]==0.3.36'"
+            )
+
+
+def _start_server(model: str, wanted: list[str], settings: EmbeddedSettings, state_dir: Path) -> _Attachment:
+    _check_runtime()
+    paths = _prepare_models(model, wanted, settings)
+    # The requested model first: it is preloaded and is the default for model-less requests.
+    order = [model, *(a for a in paths if a != model)]
+    instance = secrets.token_hex(16)
+    api_key = f"autobots-local-{secrets.token_urlsafe(24)}"
+    port_file = state_dir / "port.json"
+    port_file.unlink(missing_ok=True)
+    config = {
+        "instance": instance,
+        "api_key": api_key,
+        "clients_dir": str(state_dir / "clients"),
+        "port_file": str(port_file),
+        "linger_s": settings.linger_s,
+        "preload": [model],
+        "models": [
+            {
+                "alias": alias,
+                "path": str(paths[alias]),
+                "n_ctx": settings.n_ctx(alias),
+                "n_batch": settings.n_batch,
+                "n_threads": settings.threads(),
+                "cache_bytes": settings.prompt_cache_mb * 1024 * 1024,
+            }
+            for alias in order
+        ],
+    }
+    config_path = state_dir / "config.json"
+    atomic_write_text(config_path, json.dumps(config, indent=2) + "\n")
+    # Registered before the server exists, so its watchdog never sees an empty client list.
+    _register_client(state_dir)
+
+    log_path = state_dir / "server.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, str(_LAUNCHER), "--config", str(config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=_server_env(),
+            cwd=state_dir,
+            close_fds=True,
+            # Its own session: a Ctrl-C aimed at one autobots process must not kill the
+            # server that other processes share; its lifetime is managed by the watchdog.
+            start_new_session=True,
+        )
+    start = _server_main.process_start_time(process.pid) or ""
+    deadline = time.monotonic() + settings.startup_timeout_s
+    while True:
+        if process.poll() is not None:
+            raise EmbeddedModelError(
+                f"The embedded model server exited during startup (code {process.returncode}). "
+                f"Log {log_path}:\n{_log_tail(log_path)}"
+            )
+        info = _read_port_file(port_file)
+        if info is not None and info.get("instance") == instance:
+            health = _health(int(info["port"]))
+            if health is not None and health.get("instance") == instance:
+                break
+        if time.monotonic() > deadline:
+            _terminate(process.pid, start, process)
+            raise EmbeddedModelError(
+                f"The embedded model server did not become ready within {settings.startup_timeout_s:.0f} s "
+                f"(startup_timeout_s). Log {log_path}:\n{_log_tail(log_path)}"
+            )
+        time.sleep(0.1)
+
+    port = int(info["port"])
+    state = {
+        "pid": process.pid,
+        "start": start,
+        "instance": instance,
+        "port": port,
+        "api_key": api_key,
+        "models": order,
+        "launcher": str(_LAUNCHER),
+        "started_at": time.time(),
+        "started_by": os.getpid(),
+    }
+    atomic_write_text(state_dir / "state.json", json.dumps(state, indent=2) + "\n")
+    log.info("Embedded model server started on 127.0.0.1:%d (pid %d) serving %s", port, process.pid, order)
+    return _Attachment(
+        state_dir=state_dir,
+        owner_pid=os.getpid(),
+        server_pid=process.pid,
+        server_start=start,
+        instance=instance,
+        port=port,
+        api_key=api_key,
+        models=order,
+        loaded={model},
+        process=process,
+    )
+
+
+def _read_port_file(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("port"), int) else None
+
+
+def _attach_existing(state: dict[str, Any], state_dir: Path) -> _Attachment | None:
+    """An attachment to the recorded server if it is alive and really the recorded instance."""
+    try:
+        pid, start, port = int(state["pid"]), str(state["start"]), int(state["port"])
+        instance, api_key, models = str(state["instance"]), str(state["api_key"]), list(state["models"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if _server_main.process_start_time(pid) != start:
+        return None
+    health = _health(port)
+    if health is None or health.get("instance") != instance:
+        # Alive but not answering as the recorded instance: hung or wedged. It is ours
+        # (same pid and start time), so it is safe to stop before starting a fresh one.
+        log.warning("Embedded model server pid %d is not answering; restarting it", pid)
+        _terminate(pid, start)
+        return None
+    return _Attachment(
+        state_dir=state_dir,
+        owner_pid=os.getpid(),
+        server_pid=pid,
+        server_start=start,
+        instance=instance,
+        port=port,
+        api_key=api_key,
+        models=models,
+        loaded=set(health.get("loaded") or ()),
+    )
+
+
+def _warm(attachment: _Attachment, model: str, settings: EmbeddedSettings) -> None:
+    """Make the server load ``model`` now, so "ready" means ready and load errors surface here."""
+    url = f"http://127.0.0.1:{attachment.port}/extras/tokenize"
+    try:
+        _http_json(url, settings.startup_timeout_s, {"model": model, "input": "warm-up"}, attachment.api_key)
+    except (OSError, ValueError) as exc:
+        detail = exc.read().decode(errors="replace")[:500] if isinstance(exc, urllib.error.HTTPError) else exc
+        raise EmbeddedModelError(
+            f"The embedded model server could not load {model}: {detail}. "
+            f"Log {attachment.state_dir / 'server.log'}"
+        ) from exc
+    attachment.loaded.add(model)
+
+
+def _ensure(model: str, settings: EmbeddedSettings, state_dir: Path) -> _Attachment:
+    """Under the machine-wide lock: attach to the running server or (re)start one."""
+    wanted = settings.enabled_models()
+    state = _read_state(state_dir)
+    if state is not None:
+        attachment = _attach_existing(state, state_dir)
+        if attachment is not None:
+            if model in attachment.models:
+                _register_client(state_dir)
+                if model not in attachment.loaded:
+                    _warm(attachment, model, settings)
+                return attachment
+            # Alive but without this model (its weights were installed after it started):
+            # replace it by one serving both sets, so no model anyone uses disappears.
+            log.warning("Restarting the embedded model server to add %s", model)
+            wanted = [*attachment.models, *(a for a in wanted if a not in attachment.models)]
+            _terminate(attachment.server_pid, attachment.server_start)
+    return _start_server(model, wanted, settings, state_dir)
+
+
+def embedded_endpoint(model: str, settings: EmbeddedSettings) -> EmbeddedEndpoint:
+    """The endpoint serving ``model``, after making sure its weights and the server are ready.
+
+    Blocking (the first call on a machine may assemble 1.1 GB and load the model) and safe
+    to call from any number of threads and processes at once; repeated calls from one
+    process cost a /proc read.
+    """
+    get_spec(model)  # unknown names fail before any I/O
+    if model not in settings.enabled_models():
+        raise EmbeddedModelError(
+            f"Embedded model {model!r} is disabled by the 'models' setting {settings.models}."
+        )
+    state_dir = _state_dir(settings)
+    global _atexit_registered
+    with _lock:
+        current = _attachments.get(state_dir)
+        if (
+            current is not None
+            and current.owner_pid == os.getpid()
+            and model in current.models
+            and model in current.loaded
+            and current.server_alive()
+        ):
+            _register_client(state_dir)  # cheap; restores the file if something pruned it
+            return current.endpoint(model)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(state_dir / "lock"):
+            attachment = _ensure(model, settings, state_dir)
+        if current is not None and attachment.process is None and current.server_pid == attachment.server_pid:
+            attachment.process = current.process  # keep our child's handle so we can reap it
+        _attachments[state_dir] = attachment
+        if not _atexit_registered:
+            atexit.register(shutdown)
+            _atexit_registered = True
+        return attachment.endpoint(model)
+
+
+def shutdown() -> None:
+    """Detach this process from the embedded model server; stop it if nobody else uses it.
+
+    Safe to call more than once and from ``atexit``.  In a forked child that never called
+    ``embedded_endpoint`` it does nothing: the attachment belongs to the parent.
+    """
+    with _lock:
+        for state_dir, attachment in list(_attachments.items()):
+            if attachment.owner_pid != os.getpid():
+                continue
+            try:
+                with exclusive_lock(state_dir / "lock"):
+                    _unregister_client(state_dir)
+                    others = _server_main.live_clients(state_dir / "clients", prune=False)
+                    state = _read_state(state_dir) or {}
+                    if (
+                        not others
+                        and _linger(state_dir) <= 0
+                        and state.get("instance") == attachment.instance
+                    ):
+                        _terminate(attachment.server_pid, attachment.server_start, attachment.process)
+                        (state_dir / "state.json").unlink(missing_ok=True)
+            except OSError as exc:  # the cache dir vanished; nothing left to clean up
+                log.debug("embedded shutdown: %s", exc)
+            del _attachments[state_dir]
+
+
+def _linger(state_dir: Path) -> float:
+    try:
+        config = json.loads((state_dir / "config.json").read_text(encoding="utf-8"))
+        return float(config.get("linger_s", 0))
+    except (OSError, ValueError, TypeError):
+        return 0.0
+
+
+def installed_models() -> list[str]:
+    """Known models whose weight packages are all installed (no hashing; cheap for a UI)."""
+    import importlib.metadata
+
+    result = []
+    for alias, spec in MODELS.items():
+        try:
+            for part in spec.parts:
+                importlib.metadata.distribution(part.distribution)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        result.append(alias)
+    return result
