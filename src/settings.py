@@ -22,6 +22,8 @@ class RunLimits(BaseModel):
 
     max_llm_calls: int = Field(40, ge=1, le=10_000)
     max_run_seconds: float = Field(600, gt=0, le=86_400)
+    # Earlier messages of the session given to the agents as context for a follow-up.
+    history_messages: int = Field(20, ge=0, le=1000)
 
 
 class LLMSettings(BaseModel):

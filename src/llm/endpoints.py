@@ -11,15 +11,48 @@ Rules, so that the server's key can never be sent somewhere a request chose:
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
+import httpx
 from autobots.llm.pricing import Price, config_price
 from autobots.schemas.workflow import LLMConfig, ModelEndpoint
 from autobots.settings import Settings
 
 # The OpenAI SDK insists on a key; local OpenAI-compatible servers ignore it.
 NO_KEY = "no-key-needed"
+
+
+class _SharedHTTPClient(httpx.Client):
+    """AutoGen deep-copies every llm_config; a shared connection pool must stay shared."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _SharedHTTPClient:
+        return self
+
+
+_client_lock = threading.Lock()
+_client: httpx.Client | None = None
+
+
+def shared_http_client() -> httpx.Client:
+    """One HTTP client for every agent of every run in this process.
+
+    Building an OpenAI client loads the system's CA certificates (about 70 ms); agents are built
+    fresh for every request, so without sharing that cost would dominate short runs. Sharing also
+    pools connections to the LLM endpoint. The client keeps no cookies: one user's endpoint must
+    not be able to set state that another user's requests carry.
+    """
+    global _client
+    with _client_lock:
+        if _client is None:
+            _client = _SharedHTTPClient(
+                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+                cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+                follow_redirects=False,
+            )
+        return _client
 
 
 class NoUsableEndpoint(ValueError):
@@ -72,7 +105,11 @@ def _resolve_entry(entry: ModelEndpoint, settings: Settings) -> dict[str, Any] |
     key = entry.api_key or (server_key if towards_server else None)
     if key is None and base_url is None:
         return None
-    resolved: dict[str, Any] = {"model": entry.model, "api_key": key or NO_KEY}
+    resolved: dict[str, Any] = {
+        "model": entry.model,
+        "api_key": key or NO_KEY,
+        "http_client": shared_http_client(),
+    }
     if base_url:
         resolved["base_url"] = base_url
     if entry.price is not None:

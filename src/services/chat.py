@@ -6,8 +6,11 @@ message is stored it stays, whatever happens to the run; the run's LLM calls are
 
 from __future__ import annotations
 
+import hashlib
 import re
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,7 +26,7 @@ from autobots.llm.usage import LLMCall, RunCancelled, UsageRecorder, recording
 from autobots.schemas.chat import Message, Session
 from autobots.schemas.workflow import AgentWorkFlowConfig, LLMConfig
 from autobots.settings import Settings
-from autobots.storage.repository import Repository
+from autobots.storage.repository import Conflict, Repository
 from autogen.io.base import IOStream
 
 
@@ -73,6 +76,9 @@ class ChatService:
         self.settings = settings
         self.repo = repo
         self._executors = executors
+        # Clients send the same flow_config with every message; validate each one once.
+        self._validated: OrderedDict[str, None] = OrderedDict()
+        self._validated_lock = threading.Lock()
 
     # the request's flow ------------------------------------------------------------------------
 
@@ -91,10 +97,22 @@ class ChatService:
 
     def validate_flow(self, flow: AgentWorkFlowConfig) -> None:
         """Build the team once without running it: a config that cannot run is a 400."""
+        # Keys change which endpoints are usable; they enter the cache key only as a digest.
+        key = hashlib.sha256(
+            (flow.model_dump_json() + "\0" + "\0".join(sorted(self._secrets(flow)))).encode()
+        ).hexdigest()
+        with self._validated_lock:
+            if key in self._validated:
+                self._validated.move_to_end(key)
+                return
         recorder = UsageRecorder(self.settings.limits)
         factory = AgentFactory(recorder, Transcript(recorder), self._resolve_llm, _no_execution)
         with IOStream.set_default(QuietIOStream()):
             build_team(flow, factory)
+        with self._validated_lock:
+            self._validated[key] = None
+            while len(self._validated) > 512:
+                self._validated.popitem(last=False)
 
     # answering ---------------------------------------------------------------------------------
 
@@ -121,14 +139,19 @@ class ChatService:
             raise BadRequest(str(exc)) from exc
 
         message = message.model_copy(update={"session_id": session_id})
-        history = [Turn(m.role, m.content) for m in self.repo.load_messages(message.user_id, session_id)]
-        if session is None:
-            self.repo.create_session(
-                message.user_id, Session(session_id=session_id, user_id=message.user_id, flow_config=flow)
-            )
-        self.repo.save_message(message)
+        earlier = self.repo.load_messages(message.user_id, session_id) if session is not None else []
+        keep = self.settings.limits.history_messages
+        history = [Turn(m.role, m.content) for m in earlier[-keep:]] if keep else []
+        new_session = (
+            Session(session_id=session_id, user_id=message.user_id, flow_config=flow)
+            if session is None
+            else None
+        )
         run_id = run_id or str(uuid.uuid4())
-        self.repo.start_run(run_id, session_id, message.user_id, message.msg_id)
+        try:
+            self.repo.start_run(run_id, message, new_session)
+        except Conflict as exc:
+            raise BadRequest(str(exc)) from exc
         return self._run(run_id, message, flow, history, observer or RunObserver())
 
     def _run(
@@ -200,8 +223,7 @@ class ChatService:
             metadata=metadata,
             timestamp=ended,
         )
-        self.repo.save_message(reply)
-        self.repo.finish_run(run_id, status, [c.row() for c in calls], usage, None, reply.msg_id)
+        self.repo.finish_run(run_id, status, [c.row() for c in calls], usage, None, reply)
         return reply
 
 

@@ -30,9 +30,10 @@ class SessionService:
         if session.user_id != user_id:
             raise BadRequest("session.user_id must match user_id")
         try:
-            return self.repo.create_session(user_id, session)
+            self.repo.create_session(user_id, session)
         except Conflict as exc:
             raise BadRequest(str(exc)) from exc
+        return self.repo.get_sessions(user_id)
 
     def messages(self, user_id: str, session_id: str) -> list[Message]:
         self._own(user_id, session_id)

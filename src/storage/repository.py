@@ -38,15 +38,14 @@ class Repository:
 
     # sessions -----------------------------------------------------------------------------------
 
-    def create_session(self, user_id: str, session: Session) -> list[Session]:
-        """Create the session (idempotent for its owner) and return all the user's sessions."""
+    def create_session(self, user_id: str, session: Session) -> None:
+        """Create the session; creating it again for its owner changes nothing."""
         with self._tx() as db:
             row = db.scalar(select(SessionRow).where(SessionRow.session_id == session.session_id))
             if row is not None and row.user_id != user_id:
                 raise Conflict(f"session_id {session.session_id} is already in use")
             if row is None:
                 db.add(_session_row(session))
-        return self.get_sessions(user_id)
 
     def get_sessions(self, user_id: str) -> list[Session]:
         with self._tx() as db:
@@ -93,23 +92,8 @@ class Repository:
             return [_message(r) for r in rows]
 
     def save_message(self, message: Message) -> Message:
-        if message.session_id is None:
-            raise ValueError("a message is saved into a session")
         with self._tx() as db:
-            if db.scalar(select(MessageRow.id).where(MessageRow.msg_id == message.msg_id)) is not None:
-                raise Conflict(f"msg_id {message.msg_id} is already in use")
-            db.add(
-                MessageRow(
-                    msg_id=message.msg_id,
-                    session_id=message.session_id,
-                    user_id=message.user_id,
-                    role=message.role,
-                    content=message.content,
-                    root_msg_id=message.root_msg_id,
-                    meta=message.metadata,
-                    created_at=message.timestamp,
-                )
-            )
+            _add_message(db, message)
         return message
 
     def delete_message(self, user_id: str, msg_id: str, session_id: str | None = None) -> bool:
@@ -121,14 +105,21 @@ class Repository:
 
     # runs and LLM calls -------------------------------------------------------------------------
 
-    def start_run(self, run_id: str, session_id: str, user_id: str, user_msg_id: str) -> None:
+    def start_run(self, run_id: str, message: Message, new_session: Session | None = None) -> None:
+        """Store the user's message and its run (and the session, if new) all or nothing."""
+        if message.session_id is None:
+            raise ValueError("a run belongs to a session")
         with self._tx() as db:
+            if new_session is not None:
+                db.add(_session_row(new_session))
+                db.flush()
+            _add_message(db, message)
             db.add(
                 RunRow(
                     run_id=run_id,
-                    session_id=session_id,
-                    user_id=user_id,
-                    user_msg_id=user_msg_id,
+                    session_id=message.session_id,
+                    user_id=message.user_id,
+                    user_msg_id=message.msg_id,
                     status="running",
                 )
             )
@@ -140,17 +131,19 @@ class Repository:
         calls: Sequence[dict[str, Any]],
         usage: dict[str, Any] | None,
         error: str | None = None,
-        assistant_msg_id: str | None = None,
+        reply: Message | None = None,
     ) -> None:
-        """Store the run's outcome and every LLM call it made, in one transaction."""
+        """Store the run's outcome, its answer and every LLM call it made, in one transaction."""
         with self._tx() as db:
             run = db.get(RunRow, run_id)
             if run is None:
                 raise KeyError(run_id)
+            if reply is not None:
+                _add_message(db, reply)
+                run.assistant_msg_id = reply.msg_id
             run.status = status
             run.error = error
             run.usage = usage
-            run.assistant_msg_id = assistant_msg_id
             run.ended_at = datetime.now(UTC)
             db.add_all(LLMCallRow(run_id=run_id, session_id=run.session_id, **c) for c in calls)
 
@@ -232,6 +225,25 @@ class Repository:
                 )
                 for r in db.scalars(query)
             ]
+
+
+def _add_message(db: OrmSession, message: Message) -> None:
+    if message.session_id is None:
+        raise ValueError("a message is saved into a session")
+    if db.scalar(select(MessageRow.id).where(MessageRow.msg_id == message.msg_id)) is not None:
+        raise Conflict(f"msg_id {message.msg_id} is already in use")
+    db.add(
+        MessageRow(
+            msg_id=message.msg_id,
+            session_id=message.session_id,
+            user_id=message.user_id,
+            role=message.role,
+            content=message.content,
+            root_msg_id=message.root_msg_id,
+            meta=message.metadata,
+            created_at=message.timestamp,
+        )
+    )
 
 
 def _session_row(session: Session) -> SessionRow:
