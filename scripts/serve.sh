@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Install the server into .venv and start it (SQLite in the working directory; the chat API on
+# http://127.0.0.1:8081 unless --host/--port say otherwise). Arguments go to `autobots serve`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3.11}"
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+exec .venv/bin/python -m autobots serve "$@"

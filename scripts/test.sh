@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs and run all of it: Debian packages (as root), the
+# Python requirements into .venv, a private Docker engine and the sandbox image; then ruff and
+# pytest. CI runs exactly this (.ci/run). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3.11}"
+
+apt_packages=(docker.io bubblewrap debootstrap)
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    missing=()
+    for p in "${apt_packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "== installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+fi
+
+echo "== python requirements"
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+
+if [ "$(id -u)" = 0 ] && command -v dockerd >/dev/null; then
+    echo "== docker engine and sandbox image"
+    eval "$(scripts/start-dockerd.sh | grep '^export DOCKER_HOST=\|^DOCKER_HOST=')"
+    export DOCKER_HOST
+    scripts/build-sandbox-image.sh
+    export AUTOBOTS_REQUIRE_DOCKER=1
+fi
+
+echo "== ruff"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+
+echo "== pytest"
+exec .venv/bin/python -m pytest "$@"
