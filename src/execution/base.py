@@ -33,6 +33,13 @@ Observer = Callable[[str, dict], None]
 # Exit code reported for a block stopped by the timeout, as AutoGen's own executors do.
 TIMEOUT_EXIT_CODE = 124
 CANCELLED_MESSAGE = "Execution cancelled: the sandbox was closed."
+KILLED_EXIT_CODE = 137
+
+
+def _note(text: str, note: str) -> str:
+    """``note`` on a line of its own after ``text``."""
+    return ("\n" if text and not text.endswith("\n") else "") + note
+
 
 _live: weakref.WeakSet[SandboxExecutor] = weakref.WeakSet()
 
@@ -61,6 +68,8 @@ class SandboxExecutor(ABC):
     """Base of all executors handed to AutoGen as ``code_execution_config={"executor": ...}``."""
 
     kind: str = ""
+    # Whether _run() can feed the code to the bootstrap's stdin (see codeprep).
+    _code_via_stdin: bool = False
 
     def __init__(
         self,
@@ -70,8 +79,10 @@ class SandboxExecutor(ABC):
         output_limit_bytes: int,
         run_id: str,
         observer: Observer | None = None,
+        memory_limit: str = "",
     ) -> None:
         self._work_dir = work_dir
+        self._memory_limit = memory_limit or "see the server settings"
         self._timeout_s = timeout_s
         self._output_limit = output_limit_bytes
         self._run_id = run_id
@@ -176,23 +187,32 @@ class SandboxExecutor(ABC):
     def _execute_one(self, block: CodeBlock) -> tuple[int, str, str | None]:
         self._notify("code_execution_start", {"language": block.language, "code": block.code})
         started = time.monotonic()
-        prepared = prepare_block(block.language, block.code, *self._code_dirs())
+        prepared = prepare_block(
+            block.language, block.code, *self._code_dirs(), via_stdin=self._code_via_stdin
+        )
         truncated = False
         if prepared.argv is None:
             exit_code, text = 1, prepared.error or "The code block cannot be run.\n"
         else:
-            raw = self._run(prepared.argv, self._timeout_s)
+            raw = self._run(prepared.argv, self._timeout_s, prepared.stdin)
             text = raw.output.text()
             truncated = raw.output.truncated
             exit_code = raw.exit_code
             if raw.cancelled or (self._closed.is_set() and exit_code != 0):
                 exit_code = exit_code or 1
-                text += ("\n" if text and not text.endswith("\n") else "") + CANCELLED_MESSAGE
+                text += _note(text, CANCELLED_MESSAGE)
             elif raw.timed_out:
                 exit_code = TIMEOUT_EXIT_CODE
-                text += (
-                    "\n" if text and not text.endswith("\n") else ""
-                ) + f"Timeout: the code block ran longer than {self._timeout_s} s and was stopped."
+                text += _note(
+                    text, f"Timeout: the code block ran longer than {self._timeout_s} s and was stopped."
+                )
+            elif exit_code == KILLED_EXIT_CODE:
+                # Usually the kernel's OOM killer; without a word the LLM only sees empty output.
+                text += _note(
+                    text,
+                    "Killed (exit code 137): the code was stopped by SIGKILL, most likely for exceeding "
+                    f"the sandbox's memory limit ({self._memory_limit}).",
+                )
         duration = time.monotonic() - started
         self._notify(
             "code_execution_result",
@@ -210,8 +230,9 @@ class SandboxExecutor(ABC):
         return SANDBOX_WORKDIR, "/tmp"
 
     @abstractmethod
-    def _run(self, argv: list[str], timeout_s: int) -> RawRun:
-        """Run ``argv`` (an in-sandbox command) with the wall-clock limit; never raises for code faults."""
+    def _run(self, argv: list[str], timeout_s: int, stdin: bytes | None) -> RawRun:
+        """Run ``argv`` (an in-sandbox command), with ``stdin`` as its input, under the
+        wall-clock limit; never raises for faults of the code."""
 
     @abstractmethod
     def _close(self) -> None:

@@ -2,9 +2,11 @@
 
 The host never writes code into the work dir: the sandbox is free to plant
 symlinks there, and a host-side (root) write through one would overwrite a host
-file. Instead the code travels as command-line arguments and a tiny POSIX sh
-bootstrap writes it to a file *inside* the sandbox, as the sandbox user, then
-execs the interpreter on it. Temporary code files go to the sandbox's private
+file. Instead a tiny POSIX sh bootstrap writes the code to a file *inside* the
+sandbox, as the sandbox user, then execs the interpreter on it. The code reaches
+the bootstrap on its stdin where the executor has a pipe to the sandbox (local
+executors: nothing shows up in the host's process list), else as command-line
+arguments (Docker exec, where argv is only visible inside the container). Temporary code files go to the sandbox's private
 /tmp, so they never show up among the user's files.
 """
 
@@ -43,6 +45,14 @@ BOOTSTRAP = (
     '{ echo "sandbox: cannot write $f" >&2; exit 126; }; '
     'exec "$i" "$f"'
 )
+# $1: file to write, $2: interpreter; the code is on stdin. The interpreter then gets
+# an empty stdin, as with the argv form.
+BOOTSTRAP_STDIN = (
+    "f=$1; i=$2; d=${f%/*}; "
+    '{ [ -d "$d" ] || mkdir -p "$d"; } && cat > "$f" || '
+    '{ echo "sandbox: cannot write $f" >&2; exit 126; }; '
+    'exec "$i" "$f" </dev/null'
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,7 @@ class PreparedBlock:
     argv: list[str] | None
     code_path: str | None
     error: str | None = None
+    stdin: bytes | None = None
 
 
 def _filename_from_comment(code: str) -> str | None:
@@ -74,7 +85,11 @@ def _filename_from_comment(code: str) -> str | None:
 
 
 def prepare_block(
-    language: str, code: str, work_dir: str = SANDBOX_WORKDIR, tmp_dir: str = "/tmp"
+    language: str,
+    code: str,
+    work_dir: str = SANDBOX_WORKDIR,
+    tmp_dir: str = "/tmp",
+    via_stdin: bool = False,
 ) -> PreparedBlock:
     """Map a block to its interpreter and the bootstrap argv, validating what the LLM wrote.
 
@@ -101,6 +116,9 @@ def prepare_block(
         digest = hashlib.md5(code.encode("utf-8"), usedforsecurity=False).hexdigest()
         code_path = f"{tmp_dir}/tmp_code_{digest}.{suffix}"
 
+    if via_stdin:
+        argv = ["sh", "-c", BOOTSTRAP_STDIN, "sandbox-bootstrap", code_path, interpreter]
+        return PreparedBlock(lang, argv, code_path, stdin=code.encode("utf-8"))
     chunks = [code[i : i + _CHUNK_CHARS] for i in range(0, len(code), _CHUNK_CHARS)] or [""]
     argv = ["sh", "-c", BOOTSTRAP, "sandbox-bootstrap", code_path, interpreter, *chunks]
     return PreparedBlock(lang, argv, code_path)

@@ -76,6 +76,7 @@ class DockerSandboxExecutor(SandboxExecutor):
             work_dir=work_dir,
             timeout_s=timeout_s,
             output_limit_bytes=settings.output_limit_bytes,
+            memory_limit=settings.memory,
             run_id=run_id,
             observer=observer,
         )
@@ -194,7 +195,7 @@ class DockerSandboxExecutor(SandboxExecutor):
 
     # --- one block ---------------------------------------------------------------------
 
-    def _run(self, argv: list[str], timeout_s: int) -> RawRun:
+    def _run(self, argv: list[str], timeout_s: int, stdin: bytes | None) -> RawRun:
         collector = OutputCollector(self._output_limit)
         container = self._ensure_container()
         if container is None:

@@ -184,6 +184,8 @@ class _ProcessExecutor(SandboxExecutor):
     """Shared process handling: bounded output, wall-clock kill of the whole group,
     and close() from another thread killing the running block."""
 
+    _code_via_stdin = True
+
     def __init__(
         self,
         *,
@@ -197,6 +199,7 @@ class _ProcessExecutor(SandboxExecutor):
             work_dir=work_dir,
             timeout_s=timeout_s,
             output_limit_bytes=settings.output_limit_bytes,
+            memory_limit=settings.memory,
             run_id=run_id,
             observer=observer,
         )
@@ -210,7 +213,7 @@ class _ProcessExecutor(SandboxExecutor):
     def _spawn(self, argv: list[str], timeout_s: int) -> subprocess.Popen[bytes]:
         raise NotImplementedError
 
-    def _run(self, argv: list[str], timeout_s: int) -> RawRun:
+    def _run(self, argv: list[str], timeout_s: int, stdin: bytes | None) -> RawRun:
         collector = OutputCollector(self._output_limit)
         with self._proc_lock:
             if self._closed.is_set():
@@ -222,6 +225,7 @@ class _ProcessExecutor(SandboxExecutor):
                 return RawRun(1, collector)
             self._proc = proc
         try:
+            self._feed_stdin(proc, stdin)
             timed_out = self._pump(proc, collector, time.monotonic() + timeout_s)
             exit_code = proc.wait()
         finally:
@@ -235,6 +239,19 @@ class _ProcessExecutor(SandboxExecutor):
             return RawRun(TIMEOUT_EXIT_CODE, collector, timed_out=True)
         # A signal death shows as -N; report it the way a shell would (128+N).
         return RawRun(128 - exit_code if exit_code < 0 else exit_code, collector)
+
+    @staticmethod
+    def _feed_stdin(proc: subprocess.Popen[bytes], data: bytes | None) -> None:
+        """Hand the code to the bootstrap, which reads all of it before anything runs."""
+        if proc.stdin is None:
+            return
+        try:
+            if data:
+                proc.stdin.write(data)
+            proc.stdin.close()
+        except BrokenPipeError:
+            # The sandbox died before reading (bwrap failed); its output says why.
+            pass
 
     def _pump(self, proc: subprocess.Popen[bytes], collector: OutputCollector, deadline: float) -> bool:
         """Copy output until EOF; kill the group at the deadline. True if it timed out."""
@@ -348,7 +365,7 @@ class UnsafeLocalExecutor(_ProcessExecutor):
         return str(self._work_dir), self._tmp
 
     def _spawn(self, argv: list[str], timeout_s: int) -> subprocess.Popen[bytes]:
-        env = {**SANDBOX_ENV, "HOME": self._tmp, "TMPDIR": self._tmp}
+        env = {**SANDBOX_ENV, "HOME": self._tmp, "TMPDIR": self._tmp, "PYTHONPATH": str(self._work_dir)}
         return _popen([*_rlimit_prefix(self._settings, timeout_s), *argv], env=env, cwd=str(self._work_dir))
 
     def _close(self) -> None:
@@ -369,7 +386,7 @@ def _popen(
     """Start a block in a new session (so the whole group can be killed), output merged."""
     return subprocess.Popen(
         list(argv),
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         cwd=cwd,

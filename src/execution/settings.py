@@ -21,6 +21,7 @@ DOCKER_SANDBOX_GID = 1000
 LOCAL_SANDBOX_UID = 65534
 LOCAL_SANDBOX_GID = 65534
 
+
 # Where the run's work dir appears inside every sandbox.
 SANDBOX_WORKDIR = "/workspace"
 
@@ -34,6 +35,9 @@ SANDBOX_ENV: dict[str, str] = {
     "LOGNAME": "sandbox",
     "PYTHONUNBUFFERED": "1",
     "PYTHONDONTWRITEBYTECODE": "1",
+    # Code files live in /tmp, so the script's own dir is not the work dir; this keeps
+    # `import helper` working for a helper.py an earlier block wrote, as in AutoGen.
+    "PYTHONPATH": SANDBOX_WORKDIR,
 }
 
 # Per-file size cap (RLIMIT_FSIZE). A runaway writer then fails with EFBIG instead of
