@@ -25,7 +25,7 @@ def _run(args: argparse.Namespace) -> int:
     from autobots.agents.transcript import InnerMessage
     from autobots.schemas.chat import Message
     from autobots.schemas.workflow import AgentWorkFlowConfig
-    from autobots.services.chat import BadRequest, ChatService, LLMEndpointError, RunObserver
+    from autobots.services.chat import BadRequest, ChatService, RunFailed, RunObserver
     from autobots.settings import load_settings
     from autobots.storage.database import create_db_engine, make_session_factory, migrate
     from autobots.storage.repository import Repository
@@ -51,7 +51,7 @@ def _run(args: argparse.Namespace) -> int:
     except BadRequest as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except LLMEndpointError as exc:
+    except RunFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     meta = reply.metadata or {}

@@ -12,6 +12,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from autobots.execution.settings import ExecutionSettings
+from autobots.llm.embedded.settings import EmbeddedSettings
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 
@@ -30,6 +32,19 @@ class LLMSettings(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     request_timeout_s: float = Field(120, gt=0)
+    # The model an agent without a config_list gets when the server has OPENAI_* credentials;
+    # without them, the embedded model is the default.
+    default_model: str = "gpt-4o-mini"
+
+
+class RunSettings(BaseModel):
+    """Live runs: how many run at once, how long a human has to answer, SSE keep-alive."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    pool_size: int = Field(128, ge=1, le=4096)
+    input_timeout_s: float = Field(300, gt=0)
+    heartbeat_s: float = Field(15, gt=0)
 
 
 class ClientSettings(BaseModel):
@@ -47,12 +62,13 @@ class Settings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8081, ge=0, le=65535)
     database_url: str = "sqlite:///database.sqlite"
-    server_threads: int = Field(128, ge=1, le=4096)
+    server_threads: int = Field(256, ge=1, le=4096)
     max_request_bytes: int = Field(1_048_576, ge=1024)
     limits: RunLimits = Field(default_factory=RunLimits)
     llm: LLMSettings = Field(default_factory=LLMSettings)
-    code_execution: dict[str, Any] = Field(default_factory=dict)
-    embedded: dict[str, Any] = Field(default_factory=dict)
+    runs: RunSettings = Field(default_factory=RunSettings)
+    code_execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
+    embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
     client: ClientSettings = Field(default_factory=ClientSettings)
     # Server credentials come only from the environment and are never written anywhere.
     openai_api_key: SecretStr | None = Field(default=None, exclude=True)

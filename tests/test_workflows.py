@@ -56,7 +56,7 @@ def test_autonomous_answer_usage_and_inner_messages(server, llm, user_id):
     assert usage["per_model"]["gpt-4o-mini"]["total_tokens"] == usage["total_tokens"]
     assert meta["timing"]["duration_s"] > 0 and meta["timing"]["start"] < meta["timing"]["end"]
     assert meta["messages"][1]["usage"]["completion_tokens"] == counted["completion_tokens"]
-    assert meta["models"] == {"requested": ["gpt-4o-mini"], "answered": ["gpt-4o-mini"]}
+    assert meta["models"] == {"requested": ["gpt-4o-mini"], "answered": ["gpt-4o-mini"], "notes": []}
 
 
 def test_two_receivers_run_concurrently_and_answers_are_combined(server, llm, user_id):

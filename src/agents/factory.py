@@ -52,6 +52,7 @@ class AgentFactory:
         self._resolve_llm = resolve_llm
         self._executors = executors
         self.requested_models: list[str] = []
+        self.notes: list[str] = []
 
     def llm_config_for(self, spec: AgentFlowSpec) -> dict[str, Any] | bool:
         """AutoGen's llm_config for an agent; assistants and managers get the default model."""
@@ -63,6 +64,7 @@ class AgentFactory:
         except NoUsableEndpoint as exc:
             raise WorkflowConfigError(f"agent '{spec.agent_name}': {exc}") from exc
         self.recorder.add_prices(resolved.prices)
+        self.notes.extend(n for n in resolved.notes if n not in self.notes)
         for model in resolved.requested_models:
             if model not in self.requested_models:
                 self.requested_models.append(model)
@@ -150,10 +152,11 @@ class AgentFactory:
         return {"executor": executor} if executor is not None else False
 
     def _wire(self, agent: ConversableAgent) -> ConversableAgent:
-        recorder = self.recorder
+        recorder, transcript, name = self.recorder, self.transcript, agent.name
 
         def check_budget(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             recorder.check()
+            transcript.set_speaker(name)
             return messages
 
         agent.register_hook("safeguard_llm_inputs", check_budget)

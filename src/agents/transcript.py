@@ -84,6 +84,13 @@ class Transcript:
         finally:
             self._local.muted = False
 
+    def set_speaker(self, agent: str) -> None:
+        """The agent about to call the LLM in this thread (streamed tokens are its words)."""
+        self._local.speaker = agent
+
+    def speaker(self) -> str | None:
+        return getattr(self._local, "speaker", None)
+
     @contextmanager
     def chat(self, initiator: str) -> Iterator[ChatScope]:
         """Collect the messages of one chat, said in this thread, into their own scope."""

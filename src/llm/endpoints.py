@@ -17,6 +17,7 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import httpx
+from autobots.llm import embedded
 from autobots.llm.pricing import Price, config_price
 from autobots.schemas.workflow import LLMConfig, ModelEndpoint
 from autobots.settings import Settings
@@ -66,26 +67,46 @@ class ResolvedLLMConfig:
     llm_config: dict[str, Any]
     prices: dict[str, Price] = field(default_factory=dict)
     requested_models: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
-def resolve(config: LLMConfig, settings: Settings) -> ResolvedLLMConfig:
+def server_has_endpoint(settings: Settings) -> bool:
+    return bool(settings.openai_api_key or settings.openai_base_url)
+
+
+def resolve(config: LLMConfig, settings: Settings, start_embedded: bool = True) -> ResolvedLLMConfig:
+    """`start_embedded=False` only checks names: validating a config must not load a model."""
     entries: list[dict[str, Any]] = []
     prices: dict[str, Price] = {}
-    entries_in = config.config_list or [ModelEndpoint(model="gpt-4o-mini")]
+    notes: list[str] = []
+    default = settings.llm.default_model if server_has_endpoint(settings) else settings.embedded.default_model
+    entries_in = config.config_list or [ModelEndpoint(model=default)]
     for entry in entries_in:
-        resolved = _resolve_entry(entry, settings)
+        if embedded.is_embedded(entry.model):
+            resolved = _embedded_entry(entry.model, settings, start_embedded)
+        else:
+            resolved = _resolve_entry(entry, settings)
+            if entry.price is not None:
+                prices[entry.model] = config_price(entry.price)
         if resolved is None:
             continue
-        if config.max_tokens is not None:
-            resolved["max_tokens"] = config.max_tokens
-        if entry.price is not None:
-            prices[entry.model] = config_price(entry.price)
         entries.append(resolved)
     if not entries:
-        raise NoUsableEndpoint(
-            "no usable LLM endpoint: give config_list entries an api_key or a base_url, "
-            "or start the server with OPENAI_API_KEY / OPENAI_BASE_URL"
+        # Nothing the request named can be reached: answer with the embedded model rather
+        # than fail, and say so in the answer's metadata.
+        fallback = settings.embedded.default_model
+        entries.append(_embedded_entry(fallback, settings, start_embedded))
+        notes.append(
+            f"no usable key or endpoint for {', '.join(e.model for e in entries_in)}: "
+            f"answered by the embedded model {fallback}"
         )
+    for resolved in entries:
+        if embedded.is_embedded(resolved["model"]):
+            prices[resolved["model"]] = config_price((0, 0), source="embedded")
+        if config.max_tokens is not None:
+            resolved["max_tokens"] = config.max_tokens
+        if config.stream:
+            resolved["stream"] = True
     timeout = config.timeout or settings.llm.request_timeout_s
     llm_config: dict[str, Any] = {
         "config_list": entries,
@@ -94,7 +115,19 @@ def resolve(config: LLMConfig, settings: Settings) -> ResolvedLLMConfig:
         "cache_seed": config.cache_seed,
         "timeout": math.ceil(timeout),
     }
-    return ResolvedLLMConfig(llm_config, prices, [e.model for e in entries_in])
+    return ResolvedLLMConfig(llm_config, prices, [e.model for e in entries_in], notes)
+
+
+def _embedded_entry(model: str, settings: Settings, start: bool) -> dict[str, Any]:
+    if model not in embedded.known_models():
+        raise NoUsableEndpoint(
+            f"unknown embedded model '{model}'; known: {', '.join(embedded.known_models())}"
+        )
+    if not start:
+        return {"model": model, "api_key": NO_KEY, "base_url": "http://127.0.0.1:9/v1", "price": [0, 0]}
+    entry = embedded.embedded_endpoint(model, settings.embedded).config_entry()
+    entry["http_client"] = shared_http_client()
+    return entry
 
 
 def _resolve_entry(entry: ModelEndpoint, settings: Settings) -> dict[str, Any] | None:

@@ -101,6 +101,28 @@ class ClearDbRequest(_Body):
     session_id: str = SessionId
 
 
+class RunInputRequest(_Body):
+    text: str = Field(default="", max_length=100_000)
+
+
+class RunInfo(BaseModel):
+    run_id: str
+    session_id: str | None = None
+    user_id: str | None = None
+    status: str
+    started_at: str | None = None
+    ended_at: str | None = None
+    usage: dict[str, Any] | None = None
+    error: str | None = None
+    user_msg_id: str | None = None
+    assistant_msg_id: str | None = None
+    input_prompt: str | None = None
+
+
+class RunResponse(Envelope[RunInfo]):
+    pass
+
+
 class Health(BaseModel):
     database: str
     version: str

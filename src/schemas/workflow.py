@@ -86,6 +86,7 @@ class LLMConfig(_Lenient):
     cache_seed: int | None = None
     timeout: float | None = Field(default=None, gt=0, le=3600)
     max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    stream: bool = Field(default=False, description="stream tokens from the model (live runs show them)")
 
 
 class CodeExecutionObject(_Lenient):

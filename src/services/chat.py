@@ -1,7 +1,9 @@
 """Answering a user's message: store it, run the workflow, store the answer with its cost.
 
-The order matters to users: a bad config is refused before anything is stored; once the user's
-message is stored it stays, whatever happens to the run; the run's LLM calls are stored with it.
+The order matters to users: a bad config is refused before anything is stored (`prepare`); once
+the user's message is stored it stays, whatever happens to the run (`execute`); the run's LLM
+calls are stored with its outcome. A run can be stopped from another thread (`RunControl`): the
+first of "finished" and "cancelled" to arrive decides what is stored.
 """
 
 from __future__ import annotations
@@ -12,19 +14,22 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import openai
-from autobots.agents.factory import AgentFactory, ExecutorSource, WorkflowConfigError
-from autobots.agents.iostream import QuietIOStream
+from autobots.agents.factory import AgentFactory, WorkflowConfigError
+from autobots.agents.iostream import RunIOStream
 from autobots.agents.transcript import InnerMessage, Transcript
 from autobots.agents.workflows import Turn, WorkflowOutcome, build_team, run_workflow
+from autobots.execution import ExecutionUnavailable
 from autobots.llm import endpoints
+from autobots.llm.embedded import EmbeddedModelError
 from autobots.llm.usage import LLMCall, RunCancelled, UsageRecorder, recording
 from autobots.schemas.chat import Message, Session
 from autobots.schemas.workflow import AgentWorkFlowConfig, LLMConfig
+from autobots.services.executors import RunExecutors
 from autobots.settings import Settings
 from autobots.storage.repository import Conflict, Repository
 from autogen.io.base import IOStream
@@ -38,8 +43,10 @@ class BadRequest(ValueError):
     pass
 
 
-class LLMEndpointError(RuntimeError):
-    """The LLM endpoint failed; the user's message and the failed run are stored."""
+class RunFailed(RuntimeError):
+    """The run could not complete; the user's message and the failed run are stored."""
+
+    http_status = 500
 
     def __init__(self, message: str, run_id: str, user_message: Message) -> None:
         super().__init__(message)
@@ -47,12 +54,54 @@ class LLMEndpointError(RuntimeError):
         self.user_message = user_message
 
 
+class LLMEndpointError(RunFailed):
+    http_status = 502
+
+
+class DependencyUnavailable(RunFailed):
+    """A sandbox or the embedded model is not available on this server."""
+
+    http_status = 503
+
+
 @dataclass
 class RunObserver:
-    """Callbacks for watching a run as it happens (the CLI prints, the live API streams)."""
+    """Callbacks for watching a run as it happens (the CLI prints, live runs stream events)."""
 
     on_message: Callable[[InnerMessage], None] | None = None
     on_call: Callable[[LLMCall], None] | None = None
+    on_event: Callable[[str, dict[str, Any]], None] | None = None
+    # Asked when an agent wants a human's reply; returns the reply ("" = none).
+    ask_human: Callable[[str], str] | None = None
+
+
+@dataclass
+class PreparedRun:
+    run_id: str
+    message: Message
+    flow: AgentWorkFlowConfig
+    history: list[Turn]
+
+
+@dataclass
+class RunControl:
+    """What a running run shares with whoever may cancel it."""
+
+    recorder: UsageRecorder | None = None
+    transcript: Transcript | None = None
+    executors: RunExecutors | None = None
+    requested_models: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    finished: bool = False
+    reply: Message | None = None
+
+    def cancel(self) -> None:
+        if self.recorder is not None:
+            self.recorder.cancel()
+        if self.executors is not None:
+            self.executors.close()
 
 
 _KEY_PATTERN = re.compile(r"(sk-|key-)[A-Za-z0-9_\-*]{6,}")
@@ -67,15 +116,9 @@ def redact(text: str, secrets: list[str]) -> str:
 
 
 class ChatService:
-    def __init__(
-        self,
-        settings: Settings,
-        repo: Repository,
-        executors: Callable[[str, str], ExecutorSource] | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, repo: Repository) -> None:
         self.settings = settings
         self.repo = repo
-        self._executors = executors
         # Clients send the same flow_config with every message; validate each one once.
         self._validated: OrderedDict[str, None] = OrderedDict()
         self._validated_lock = threading.Lock()
@@ -84,6 +127,9 @@ class ChatService:
 
     def _resolve_llm(self, config: LLMConfig) -> endpoints.ResolvedLLMConfig:
         return endpoints.resolve(config, self.settings)
+
+    def _check_llm(self, config: LLMConfig) -> endpoints.ResolvedLLMConfig:
+        return endpoints.resolve(config, self.settings, start_embedded=False)
 
     def _secrets(self, flow: AgentWorkFlowConfig) -> list[str]:
         found = [self.settings.openai_api_key.get_secret_value()] if self.settings.openai_api_key else []
@@ -106,8 +152,8 @@ class ChatService:
                 self._validated.move_to_end(key)
                 return
         recorder = UsageRecorder(self.settings.limits)
-        factory = AgentFactory(recorder, Transcript(recorder), self._resolve_llm, _no_execution)
-        with IOStream.set_default(QuietIOStream()):
+        factory = AgentFactory(recorder, Transcript(recorder), self._check_llm, _no_execution)
+        with IOStream.set_default(RunIOStream()):
             build_team(flow, factory)
         with self._validated_lock:
             self._validated[key] = None
@@ -116,13 +162,8 @@ class ChatService:
 
     # answering ---------------------------------------------------------------------------------
 
-    def send_message(
-        self,
-        message: Message,
-        flow: AgentWorkFlowConfig | None,
-        observer: RunObserver | None = None,
-        run_id: str | None = None,
-    ) -> Message:
+    def prepare(self, message: Message, flow: AgentWorkFlowConfig | None) -> PreparedRun:
+        """Check the request, then store the question, the run (and a new session) together."""
         if message.role != "user":
             raise BadRequest("message.role must be 'user' for a message to answer")
         session_id = message.session_id or str(uuid.uuid4())
@@ -147,84 +188,143 @@ class ChatService:
             if session is None
             else None
         )
-        run_id = run_id or str(uuid.uuid4())
+        run_id = str(uuid.uuid4())
         try:
             self.repo.start_run(run_id, message, new_session)
         except Conflict as exc:
             raise BadRequest(str(exc)) from exc
-        return self._run(run_id, message, flow, history, observer or RunObserver())
+        return PreparedRun(run_id, message, flow, history)
 
-    def _run(
-        self,
-        run_id: str,
-        message: Message,
-        flow: AgentWorkFlowConfig,
-        history: list[Turn],
-        observer: RunObserver,
+    def send_message(
+        self, message: Message, flow: AgentWorkFlowConfig | None, observer: RunObserver | None = None
     ) -> Message:
-        recorder = UsageRecorder(self.settings.limits, on_call=observer.on_call)
-        transcript = Transcript(recorder, on_message=observer.on_message)
-        executors = self._executors(run_id, message.session_id or "") if self._executors else None
-        factory = AgentFactory(recorder, transcript, self._resolve_llm, executors)
-        started = datetime.now(UTC)
-        try:
-            with recording(recorder), IOStream.set_default(QuietIOStream()):
-                outcome = run_workflow(flow, message.content, history, factory)
-        except (openai.APIError, TimeoutError) as exc:
-            text = redact(f"the LLM endpoint failed: {_describe(exc)}", self._secrets(flow))
-            self.repo.finish_run(
-                run_id, "failed", [c.row() for c in recorder.calls], recorder.summary(), text
-            )
-            raise LLMEndpointError(text, run_id, message) from exc
-        except RunCancelled:
-            outcome = WorkflowOutcome(_last_said(transcript))
-            status = "cancelled"
-        except BaseException as exc:
-            error = redact(f"{type(exc).__name__}: {exc}", self._secrets(flow))
-            self.repo.finish_run(
-                run_id, "failed", [c.row() for c in recorder.calls], recorder.summary(), error
-            )
-            raise
-        else:
-            status = "completed"
-        ended = datetime.now(UTC)
+        """Prepare and run in this thread (the CLI's way)."""
+        return self.execute(self.prepare(message, flow), observer or RunObserver(), RunControl())
 
-        answer = outcome.answer or "(the agents gave no answer)"
-        limit = None
-        if outcome.limit is not None:
-            limit = {"kind": outcome.limit.kind, "detail": outcome.limit.detail}
-            answer = f"{answer}\n\n[autobots: the run stopped early: {outcome.limit.detail}]"
-        calls = recorder.calls
-        usage = recorder.summary()
-        metadata: dict[str, Any] = {
-            "run_id": run_id,
-            "status": status,
-            "workflow": {"name": flow.name, "type": flow.type.value},
-            "usage": usage,
-            "timing": {
-                "start": started.isoformat(),
-                "end": ended.isoformat(),
-                "duration_s": round((ended - started).total_seconds(), 6),
-            },
-            "messages": [m.as_dict() for m in transcript.messages],
-            "models": {
-                "requested": factory.requested_models,
-                "answered": sorted({c.model for c in calls if not c.error}),
-            },
-            "limit_reached": limit,
-            "parts": outcome.parts,
-        }
-        reply = Message(
-            user_id=message.user_id,
-            session_id=message.session_id,
-            role="assistant",
-            content=answer,
-            root_msg_id=message.msg_id,
-            metadata=metadata,
-            timestamp=ended,
-        )
-        self.repo.finish_run(run_id, status, [c.row() for c in calls], usage, None, reply)
-        return reply
+    def execute(self, run: PreparedRun, observer: RunObserver, control: RunControl) -> Message:
+        """Run the workflow; returns the stored answer, or raises RunFailed (stored as failed)."""
+        session_id = run.message.session_id or ""
+
+        def on_call(call: LLMCall) -> None:
+            self.repo.add_llm_call(run.run_id, session_id, call.row())
+            if observer.on_call is not None:
+                observer.on_call(call)
+
+        recorder = UsageRecorder(self.settings.limits, on_call=on_call)
+        transcript = Transcript(recorder, on_message=observer.on_message)
+        executors = RunExecutors(self.settings.code_execution, run.run_id, session_id, observer.on_event)
+        factory = AgentFactory(recorder, transcript, self._resolve_llm, executors)
+        with control.lock:
+            control.recorder, control.transcript, control.executors = recorder, transcript, executors
+            cancelled_early = control.finished
+        if cancelled_early:
+            recorder.cancel()
+        stream = RunIOStream(ask_human=observer.ask_human, on_event=observer.on_event, transcript=transcript)
+        try:
+            with recording(recorder), IOStream.set_default(stream):
+                outcome = run_workflow(run.flow, run.message.content, run.history, factory)
+            status = "completed"
+        except RunCancelled:
+            outcome, status = WorkflowOutcome(_last_said(transcript)), "cancelled"
+        except (openai.APIError, TimeoutError) as exc:
+            self._fail(run, control, f"the LLM endpoint failed: {_describe(exc)}", LLMEndpointError)
+        except (ExecutionUnavailable, EmbeddedModelError) as exc:
+            self._fail(run, control, str(exc), DependencyUnavailable)
+        except WorkflowConfigError as exc:
+            self._fail(run, control, str(exc), RunFailed)
+        except Exception as exc:
+            self._fail(run, control, f"{type(exc).__name__}: {exc}", RunFailed)
+        finally:
+            executors.close()
+            control.requested_models = factory.requested_models
+            control.notes = factory.notes
+        return self.finish(run, control, outcome, status, executors.files())
+
+    def finish(
+        self,
+        run: PreparedRun,
+        control: RunControl,
+        outcome: WorkflowOutcome,
+        status: str,
+        files: list[dict[str, Any]] | None = None,
+    ) -> Message:
+        """Store the answer once: whoever comes second (a late worker after a cancel) gets the
+        stored answer. Calls are stored as they complete, so a late one still counts."""
+        with control.lock:
+            recorder = control.recorder
+            calls = recorder.calls if recorder is not None else []
+            if control.finished and control.reply is not None:
+                return control.reply
+            ended = datetime.now(UTC)
+            usage = recorder.summary() if recorder is not None else None
+            answer = outcome.answer or (
+                "(the run was cancelled)" if status == "cancelled" else "(the agents gave no answer)"
+            )
+            limit = None
+            if outcome.limit is not None:
+                limit = {"kind": outcome.limit.kind, "detail": outcome.limit.detail}
+                answer = f"{answer}\n\n[autobots: the run stopped early: {outcome.limit.detail}]"
+            elif status == "cancelled":
+                answer = f"{answer}\n\n[autobots: the run was cancelled]"
+            transcript = control.transcript
+            metadata: dict[str, Any] = {
+                "run_id": run.run_id,
+                "status": status,
+                "workflow": {"name": run.flow.name, "type": run.flow.type.value},
+                "usage": usage,
+                "timing": _timing(control.started, ended),
+                "messages": [m.as_dict() for m in transcript.messages] if transcript else [],
+                "models": {
+                    "requested": control.requested_models,
+                    "answered": sorted({c.model for c in calls if not c.error}),
+                    "notes": control.notes,
+                },
+                "limit_reached": limit,
+                "parts": outcome.parts,
+                "files": files or [],
+            }
+            reply = Message(
+                user_id=run.message.user_id,
+                session_id=run.message.session_id,
+                role="assistant",
+                content=answer,
+                root_msg_id=run.message.msg_id,
+                metadata=metadata,
+                timestamp=ended,
+            )
+            self.repo.finish_run(run.run_id, status, usage, None, reply)
+            control.finished, control.reply = True, reply
+            return reply
+
+    def _fail(self, run: PreparedRun, control: RunControl, text: str, kind: type[RunFailed]) -> None:
+        text = redact(text, self._secrets(run.flow))
+        with control.lock:
+            recorder = control.recorder
+            if not control.finished:
+                usage = recorder.summary() if recorder is not None else None
+                self.repo.finish_run(run.run_id, "failed", usage, text)
+                control.finished = True
+        raise kind(text, run.run_id, run.message)
+
+    def cancel(self, run: PreparedRun, control: RunControl) -> Message | None:
+        """Stop the run now and store what was said; the worker thread finds it finished."""
+        with control.lock:
+            if control.finished:
+                return control.reply
+            if control.recorder is None:  # never started: nothing was said
+                control.finished = True
+        control.cancel()
+        transcript = control.transcript
+        said = _last_said(transcript) if transcript is not None else ""
+        return self.finish(run, control, WorkflowOutcome(said), "cancelled")
+
+
+def _timing(start: datetime, end: datetime) -> dict[str, Any]:
+    return {
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "duration_s": round((end - start).total_seconds(), 6),
+    }
 
 
 def _no_execution(_cfg: Any) -> None:

@@ -7,15 +7,18 @@ is answered exactly like an id that does not exist, so ids cannot be probed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import BinaryIO
 
+from autobots.execution import ExecutionSettings, open_session_file
 from autobots.schemas.chat import GalleryItem, Message, Session
 from autobots.services.chat import BadRequest, NotFound
 from autobots.storage.repository import Conflict, Repository
 
 
 class SessionService:
-    def __init__(self, repo: Repository) -> None:
+    def __init__(self, repo: Repository, execution: ExecutionSettings) -> None:
         self.repo = repo
+        self._execution = execution
 
     def _own(self, user_id: str, session_id: str) -> Session:
         session = self.repo.get_session(user_id, session_id)
@@ -53,6 +56,17 @@ class SessionService:
         """Publish the stored session (not the request's copy of it: what is shown is what was said)."""
         session = self._own(user_id, session_id)
         return self.repo.publish_session(session, tags)
+
+    def open_file(self, user_id: str, session_id: str, rel_path: str) -> BinaryIO:
+        """A file the session's code wrote; anything outside the session's work dir is absent."""
+        self._own(user_id, session_id)
+        try:
+            handle = open_session_file(self._execution, session_id, rel_path)
+        except ValueError:
+            handle = None
+        if handle is None:
+            raise NotFound(f"file {rel_path} not found")
+        return handle
 
     def gallery(self, gallery_id: str | None, tag: str | None) -> list[GalleryItem]:
         items = self.repo.get_gallery(gallery_id, tag)

@@ -13,10 +13,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 from autobots.schemas.chat import GalleryItem, Message, Session
-from autobots.storage.tables import GalleryRow, GalleryTagRow, LLMCallRow, MessageRow, RunRow, SessionRow
+from autobots.storage.tables import (
+    GalleryRow,
+    GalleryTagRow,
+    LLMCallRow,
+    MessageRow,
+    RunEventRow,
+    RunRow,
+    SessionRow,
+)
 from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import sessionmaker
+
+UNFINISHED = ("queued", "running", "awaiting_input")
 
 
 class Conflict(Exception):
@@ -75,6 +85,7 @@ class Repository:
                 return False
             run_ids = select(RunRow.run_id).where(RunRow.session_id == session_id)
             db.execute(delete(LLMCallRow).where(LLMCallRow.run_id.in_(run_ids)))
+            db.execute(delete(RunEventRow).where(RunEventRow.run_id.in_(run_ids)))
             db.execute(delete(RunRow).where(RunRow.session_id == session_id))
             db.execute(delete(MessageRow).where(MessageRow.session_id == session_id))
             db.delete(row)
@@ -105,7 +116,9 @@ class Repository:
 
     # runs and LLM calls -------------------------------------------------------------------------
 
-    def start_run(self, run_id: str, message: Message, new_session: Session | None = None) -> None:
+    def start_run(
+        self, run_id: str, message: Message, new_session: Session | None = None, status: str = "queued"
+    ) -> None:
         """Store the user's message and its run (and the session, if new) all or nothing."""
         if message.session_id is None:
             raise ValueError("a run belongs to a session")
@@ -120,7 +133,7 @@ class Repository:
                     session_id=message.session_id,
                     user_id=message.user_id,
                     user_msg_id=message.msg_id,
-                    status="running",
+                    status=status,
                 )
             )
 
@@ -128,12 +141,11 @@ class Repository:
         self,
         run_id: str,
         status: str,
-        calls: Sequence[dict[str, Any]],
         usage: dict[str, Any] | None,
         error: str | None = None,
         reply: Message | None = None,
     ) -> None:
-        """Store the run's outcome, its answer and every LLM call it made, in one transaction."""
+        """Store the run's outcome and its answer in one transaction."""
         with self._tx() as db:
             run = db.get(RunRow, run_id)
             if run is None:
@@ -145,7 +157,47 @@ class Repository:
             run.error = error
             run.usage = usage
             run.ended_at = datetime.now(UTC)
-            db.add_all(LLMCallRow(run_id=run_id, session_id=run.session_id, **c) for c in calls)
+
+    def set_run_status(self, run_id: str, status: str) -> None:
+        with self._tx() as db:
+            run = db.get(RunRow, run_id)
+            if run is not None and run.status in UNFINISHED:
+                run.status = status
+
+    def add_llm_call(self, run_id: str, session_id: str, call: dict[str, Any]) -> None:
+        """Each call is stored as it completes: a run cut short still accounts for it."""
+        with self._tx() as db:
+            db.add(LLMCallRow(run_id=run_id, session_id=session_id, **call))
+
+    def add_event(self, run_id: str, seq: int, type_: str, data: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.add(RunEventRow(run_id=run_id, seq=seq, type=type_, data=data))
+
+    def events_after(self, run_id: str, seq: int, limit: int = 1000) -> list[tuple[int, str, dict[str, Any]]]:
+        with self._tx() as db:
+            rows = db.execute(
+                select(RunEventRow.seq, RunEventRow.type, RunEventRow.data)
+                .where(RunEventRow.run_id == run_id, RunEventRow.seq > seq)
+                .order_by(RunEventRow.seq)
+                .limit(limit)
+            )
+            return [(r.seq, r.type, r.data) for r in rows]
+
+    def last_event_seq(self, run_id: str) -> int:
+        with self._tx() as db:
+            rows = db.scalars(
+                select(RunEventRow.seq)
+                .where(RunEventRow.run_id == run_id)
+                .order_by(RunEventRow.seq.desc())
+                .limit(1)
+            )
+            return next(iter(rows), 0)
+
+    def unfinished_runs(self) -> list[dict[str, Any]]:
+        with self._tx() as db:
+            rows = db.scalars(select(RunRow.run_id).where(RunRow.status.in_(UNFINISHED)))
+            ids = list(rows)
+        return [r for r in (self.get_run(i) for i in ids) if r is not None]
 
     def llm_calls(self, run_id: str) -> list[dict[str, Any]]:
         with self._tx() as db:
@@ -184,6 +236,11 @@ class Repository:
                 "user_msg_id": run.user_msg_id,
                 "assistant_msg_id": run.assistant_msg_id,
             }
+
+    def get_message(self, msg_id: str) -> Message | None:
+        with self._tx() as db:
+            row = db.scalar(select(MessageRow).where(MessageRow.msg_id == msg_id))
+            return None if row is None else _message(row)
 
     # gallery ------------------------------------------------------------------------------------
 

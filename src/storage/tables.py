@@ -82,6 +82,19 @@ class RunRow(Base):
     usage: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
+class RunEventRow(Base):
+    """What a run said and did, in order, so a client that reconnects gets exactly what it missed
+    and a run cut short by a restart still shows what was said."""
+
+    __tablename__ = "run_events"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    type: Mapped[str] = mapped_column(String(40))
+    data: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+
+
 class LLMCallRow(Base):
     __tablename__ = "llm_calls"
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 
 from autobots import __version__
+from autobots.execution import docker_available, sweep_orphans
 from autobots.services.chat import ChatService
+from autobots.services.runs import RunManager
 from autobots.services.sessions import SessionService
 from autobots.settings import Settings, load_settings
 from autobots.storage.database import create_db_engine, make_session_factory, migrate
 from autobots.storage.repository import Repository
-from autobots.web.api import gallery, health, messages, sessions
+from autobots.web.api import files, gallery, health, messages, runs, sessions
 from autobots.web.context import Services
 from autobots.web.errors import register_error_handlers, validation_error_response
 from flask_openapi3 import Info, OpenAPI
@@ -32,14 +34,22 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     engine = create_db_engine(settings.database_url)
     migrate(engine)
     repo = Repository(make_session_factory(engine))
+    chat = ChatService(settings, repo)
+    run_manager = RunManager(chat, repo, settings.runs)
+    interrupted = run_manager.recover()
+    if interrupted:
+        logging.getLogger("autobots").warning("marked %d unfinished run(s) as interrupted", interrupted)
+    if docker_available(settings.code_execution):
+        sweep_orphans(settings.code_execution)  # containers left by a previous server process
     app.extensions["autobots"] = Services(
         settings=settings,
         repo=repo,
-        chat=ChatService(settings, repo),
-        sessions=SessionService(repo),
+        chat=chat,
+        sessions=SessionService(repo, settings.code_execution),
+        runs=run_manager,
     )
 
     register_error_handlers(app)
-    for module in (messages, sessions, gallery, health):
+    for module in (messages, runs, sessions, files, gallery, health):
         app.register_api(module.bp)
     return app

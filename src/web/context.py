@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from autobots.services.chat import ChatService
+from autobots.services.runs import RunManager
 from autobots.services.sessions import SessionService
 from autobots.settings import Settings
 from autobots.storage.repository import Repository
@@ -17,6 +18,7 @@ class Services:
     repo: Repository
     chat: ChatService
     sessions: SessionService
+    runs: RunManager
 
 
 def services() -> Services:

@@ -6,7 +6,8 @@ import json
 import logging
 from typing import Any
 
-from autobots.services.chat import BadRequest, LLMEndpointError, NotFound
+from autobots.services.chat import BadRequest, NotFound, RunFailed
+from autobots.services.runs import WrongState
 from flask import Flask, Response, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
@@ -63,10 +64,14 @@ def register_error_handlers(app: Flask) -> None:
     def _not_found(exc: NotFound) -> tuple[Response, int]:
         return envelope(False, str(exc), code=404)
 
-    @app.errorhandler(LLMEndpointError)
-    def _llm_failed(exc: LLMEndpointError) -> tuple[Response, int]:
+    @app.errorhandler(WrongState)
+    def _conflict(exc: WrongState) -> tuple[Response, int]:
+        return envelope(False, str(exc), code=409)
+
+    @app.errorhandler(RunFailed)
+    def _run_failed(exc: RunFailed) -> tuple[Response, int]:
         data = {"run_id": exc.run_id, "user_message": exc.user_message.model_dump(mode="json")}
-        return envelope(False, str(exc), data=data, code=502)
+        return envelope(False, str(exc), data=data, code=exc.http_status)
 
     @app.errorhandler(ValidationError)
     def _invalid(exc: ValidationError) -> Response:

@@ -16,13 +16,13 @@ from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
 
 bp = APIBlueprint("messages", __name__, url_prefix="/api", abp_tags=[Tag(name="messages")])
-ERRORS = {400: ErrorResponse, 404: ErrorResponse, 502: ErrorResponse}
+ERRORS = {400: ErrorResponse, 404: ErrorResponse, 502: ErrorResponse, 503: ErrorResponse}
 
 
 @bp.post("/messages", responses={200: PostMessageResponse, **ERRORS})
 def post_message(body: PostMessageRequest) -> tuple[Response, int]:
     """Run the workflow on the message; blocks until the agents have answered."""
-    reply = services().chat.send_message(body.message, body.flow_config)
+    reply = services().runs.run_blocking(body.message, body.flow_config)
     saved = reply.model_dump(mode="json")
     return envelope(True, reply.content, data=saved, metadata=saved)
 

@@ -1,0 +1,78 @@
+"""Live runs: start without waiting, watch as Server-Sent Events, cancel, answer a human prompt."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+from autobots.schemas.api import ErrorResponse, PostMessageRequest, RunInputRequest, RunResponse
+from autobots.services.runs import HEARTBEAT
+from autobots.web.context import services
+from autobots.web.errors import envelope
+from flask import Response, request, stream_with_context
+from flask_openapi3 import APIBlueprint, Tag
+from pydantic import BaseModel, Field
+
+bp = APIBlueprint("runs", __name__, url_prefix="/api", abp_tags=[Tag(name="runs")])
+ERRORS = {400: ErrorResponse, 404: ErrorResponse, 409: ErrorResponse}
+
+
+class RunPath(BaseModel):
+    run_id: str = Field(min_length=1, max_length=100)
+
+
+@bp.post("/runs", responses={202: RunResponse, **ERRORS})
+def start_run(body: PostMessageRequest) -> tuple[Response, int]:
+    """Start a run and answer at once (202); watch it at /api/runs/{run_id}/events."""
+    live = services().runs.submit(body.message, body.flow_config)
+    data = {
+        "run_id": live.run_id,
+        "session_id": live.prepared.message.session_id,
+        "user_msg_id": live.prepared.message.msg_id,
+        "status": "queued",
+    }
+    return envelope(True, "run started", data=data, code=202)
+
+
+@bp.get("/runs/<run_id>", responses={200: RunResponse, **ERRORS})
+def get_run(path: RunPath) -> tuple[Response, int]:
+    """Status, timing and usage so far, and the error if any."""
+    return envelope(True, "run retrieved", data=services().runs.describe(path.run_id))
+
+
+@bp.post("/runs/<run_id>/cancel", responses={200: RunResponse, **ERRORS})
+def cancel_run(path: RunPath) -> tuple[Response, int]:
+    """Stop the run now; what was said is kept."""
+    return envelope(True, "run cancelled", data=services().runs.cancel(path.run_id))
+
+
+@bp.post("/runs/<run_id>/input", responses={200: RunResponse, **ERRORS})
+def answer_run(path: RunPath, body: RunInputRequest) -> tuple[Response, int]:
+    """Answer the agent that asked a human (an empty text means no input)."""
+    return envelope(True, "input received", data=services().runs.provide_input(path.run_id, body.text))
+
+
+@bp.get("/runs/<run_id>/events", doc_ui=True)
+def run_events(path: RunPath) -> Response:
+    """Server-Sent Events, one per thing the run says or does; resumes after `Last-Event-ID`."""
+    raw = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or "0"
+    try:
+        after = max(0, int(raw))
+    except ValueError:
+        after = 0
+    events = services().runs.stream(path.run_id, after)
+
+    def generate() -> Iterator[str]:
+        yield "retry: 1000\n\n"
+        for event in events:
+            if event is HEARTBEAT:
+                yield ": keep-alive\n\n"
+                continue
+            seq, kind, data = event
+            yield f"id: {seq}\nevent: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+    return Response(
+        stream_with_context(generate()),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
