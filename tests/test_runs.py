@@ -1,0 +1,251 @@
+"""Live runs: 202 at once, events over SSE in order and resumable, cancel, human input, restart."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import requests
+
+from tests.conftest import SERVER_KEY
+from tests.support import workflows as wf
+from tests.support.scripted_llm import Reply
+from tests.support.server import start_server
+from tests.support.sse import read_events
+
+
+def start(server, user_id, content, flow, session_id=None):
+    r = server.post("/api/runs", {"message": wf.message(user_id, content, session_id), "flow_config": flow})
+    assert r.status_code == 202, r.text
+    return r.json()["data"]
+
+
+def all_events(server, run_id, after=None):
+    return list(read_events(f"{server.url}/api/runs/{run_id}/events", last_event_id=after))
+
+
+def wait_status(server, run_id, wanted, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data = server.get(f"/api/runs/{run_id}").json()["data"]
+        if data["status"] in wanted:
+            return data
+        time.sleep(0.05)
+    raise AssertionError(f"run {run_id} never reached {wanted}: {data}")
+
+
+def test_run_answers_at_once_and_streams_events_in_order(server, llm, user_id):
+    llm.latency = 0.3
+    llm.queue("Thinking about it.", "Done: 42. TERMINATE")
+    flow = wf.autonomous(wf.assistant(), sender=wf.userproxy(default_auto_reply="go on"))
+    t0 = time.monotonic()
+    run = start(server, user_id, "What is the answer?", flow)
+    assert time.monotonic() - t0 < 0.3  # did not wait for the LLM
+    assert run["status"] == "queued" and run["session_id"]
+    events = all_events(server, run["run_id"])
+    ids = [e.id for e in events]
+    assert ids == list(range(1, len(ids) + 1))
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["status", "status"] and events[1].data == {"status": "running"}
+    assert kinds[-2:] == ["final", "status"] and events[-1].data == {"status": "completed"}
+    said = [e.data for e in events if e.type == "message"]
+    assert [m["sender"] for m in said] == ["userproxy", "primary_assistant", "userproxy", "primary_assistant"]
+    calls = [e.data for e in events if e.type == "llm_call"]
+    assert len(calls) == 2 and sum(c["total_tokens"] for c in calls) == sum(
+        llm.counted()[k] for k in ("prompt_tokens", "completion_tokens")
+    )
+    # Each message event comes right after the call that produced it.
+    assert kinds.index("llm_call") < kinds.index("message", kinds.index("llm_call"))
+    final = events[-2].data["message"]
+    assert final["content"] == "Done: 42."
+    info = server.get(f"/api/runs/{run['run_id']}").json()["data"]
+    assert info["status"] == "completed" and info["assistant_msg_id"] == final["msg_id"]
+    assert info["usage"]["llm_calls"] == 2
+
+
+def test_events_resume_after_last_event_id_without_gaps_or_duplicates(server, llm, user_id):
+    llm.latency = 0.2
+    llm.queue("one", "two", "three TERMINATE")
+    flow = wf.autonomous(wf.assistant(), sender=wf.userproxy(default_auto_reply="more"))
+    run = start(server, user_id, "count", flow)
+    url = f"{server.url}/api/runs/{run['run_id']}/events"
+    first = []
+    for event in read_events(url):
+        first.append(event)
+        if event.type == "message" and event.data["sender"] == "primary_assistant":
+            break  # the client drops mid-run
+    rest = list(read_events(url, last_event_id=first[-1].id))
+    combined = first + rest
+    assert [e.id for e in combined] == list(range(1, len(combined) + 1))
+    assert combined[-1].data == {"status": "completed"}
+    # A finished run replays in full.
+    replay = all_events(server, run["run_id"])
+    assert [(e.id, e.type) for e in replay] == [(e.id, e.type) for e in combined]
+
+
+def test_cancel_stops_the_run_within_two_seconds_and_keeps_what_was_said(server, llm, user_id):
+    llm.responder = lambda body: Reply("Still working...", delay=0.2 if len(body["messages"]) < 4 else 30)
+    flow = wf.autonomous(
+        wf.assistant(max_consecutive_auto_reply=50), sender=wf.userproxy(max_consecutive_auto_reply=50)
+    )
+    run = start(server, user_id, "work forever", flow)
+    url = f"{server.url}/api/runs/{run['run_id']}/events"
+    for event in read_events(url):
+        if event.type == "message" and event.data["sender"] == "primary_assistant":
+            break
+    time.sleep(0.3)  # the next LLM call (30 s) is now pending
+    t0 = time.monotonic()
+    r = server.post(f"/api/runs/{run['run_id']}/cancel")
+    info = wait_status(server, run["run_id"], {"cancelled"}, timeout=5)
+    assert time.monotonic() - t0 < 2
+    assert r.status_code == 200
+    msgs = server.get("/api/messages", user_id=user_id, session_id=run["session_id"]).json()["data"]
+    assert [m["role"] for m in msgs] == ["user", "assistant"]
+    assert "Still working..." in msgs[1]["content"] and "cancelled" in msgs[1]["content"]
+    assert msgs[1]["metadata"]["status"] == "cancelled"
+    assert any(m["content"] == "Still working..." for m in msgs[1]["metadata"]["messages"])
+    events = all_events(server, run["run_id"])
+    assert events[-1].data == {"status": "cancelled"}
+    assert info["status"] == "cancelled"
+    # Cancelling again changes nothing.
+    assert server.post(f"/api/runs/{run['run_id']}/cancel").json()["data"]["status"] == "cancelled"
+
+
+def test_human_input_pauses_and_resumes_the_run(server, llm, user_id):
+    llm.queue("Which city?", "Paris it is. TERMINATE")
+    flow = wf.autonomous(wf.assistant(), sender=wf.userproxy(human_input_mode="ALWAYS"))
+    run = start(server, user_id, "Plan a trip", flow)
+    info = wait_status(server, run["run_id"], {"awaiting_input"})
+    assert info["input_prompt"]
+    bad = server.post(f"/api/runs/{run['run_id']}/input", {"text": 5})
+    assert bad.status_code == 400
+    r = server.post(f"/api/runs/{run['run_id']}/input", {"text": "Paris"})
+    assert r.status_code == 200
+    # ALWAYS asks again after the answer; an empty reply ends it as NEVER would.
+    wait_status(server, run["run_id"], {"awaiting_input"})
+    server.post(f"/api/runs/{run['run_id']}/input", {"text": ""})
+    wait_status(server, run["run_id"], {"completed"})
+    events = all_events(server, run["run_id"])
+    assert [e.data["status"] for e in events if e.type == "status"][:4] == [
+        "queued",
+        "running",
+        "awaiting_input",
+        "running",
+    ]
+    assert any(e.type == "input_request" for e in events)
+    said = [(e.data["sender"], e.data["content"]) for e in events if e.type == "message"]
+    assert ("userproxy", "Paris") in said
+    assert llm.served[1].body["messages"][-1]["content"] == "Paris"
+
+
+def test_human_input_not_answered_behaves_as_never(server, llm, user_id):
+    """The blocking endpoint has nobody to ask: the run goes on without waiting."""
+    llm.queue("Which city?", "I will pick Rome. TERMINATE")
+    flow = wf.autonomous(
+        wf.assistant(), sender=wf.userproxy(human_input_mode="TERMINATE", default_auto_reply="you choose")
+    )
+    t0 = time.monotonic()
+    r = server.post("/api/messages", {"message": wf.message(user_id, "Plan a trip"), "flow_config": flow})
+    assert r.status_code == 200 and time.monotonic() - t0 < 10
+    assert r.json()["message"] == "I will pick Rome."
+
+
+def test_input_to_a_run_that_is_not_waiting_is_409(server, llm, user_id):
+    llm.queue("Hi. TERMINATE")
+    run = start(server, user_id, "hi", wf.autonomous(wf.assistant()))
+    wait_status(server, run["run_id"], {"completed"})
+    r = server.post(f"/api/runs/{run['run_id']}/input", {"text": "late"})
+    assert r.status_code == 409 and r.json()["status"] is False
+
+
+def test_unknown_run_is_404(server):
+    assert server.get("/api/runs/nope").status_code == 404
+    assert server.get("/api/runs/nope/events").status_code == 404
+    assert server.post("/api/runs/nope/cancel").status_code == 404
+
+
+def test_bad_run_request_is_400_and_stores_nothing(server, user_id):
+    r = server.post("/api/runs", {"message": wf.message(user_id, "x"), "flow_config": {"type": "nope"}})
+    assert r.status_code == 400
+    assert server.get("/api/sessions", user_id=user_id).json()["data"] == []
+
+
+def test_failed_run_reports_the_error(server, llm, user_id):
+    llm.responder = lambda body: Reply("upstream broke", status=500)
+    run = start(server, user_id, "fail please", wf.autonomous(wf.assistant()))
+    info = wait_status(server, run["run_id"], {"failed"}, timeout=30)
+    assert "HTTP 500" in info["error"]
+    events = all_events(server, run["run_id"])
+    assert events[-2].type == "error" and events[-1].data == {"status": "failed"}
+
+
+def test_token_deltas_are_streamed_when_the_model_streams(server, llm, user_id):
+    llm.queue("The quick brown fox. TERMINATE")
+    agent = wf.assistant()
+    agent["config"]["llm_config"]["stream"] = True
+    run = start(server, user_id, "say it", wf.autonomous(agent))
+    events = all_events(server, run["run_id"])
+    tokens = [e.data for e in events if e.type == "token"]
+    assert "".join(t["delta"] for t in tokens) == "The quick brown fox. TERMINATE"
+    assert {t["agent"] for t in tokens} == {"primary_assistant"}
+    first_message = next(
+        i for i, e in enumerate(events) if e.type == "message" and e.data["sender"] == "primary_assistant"
+    )
+    assert max(i for i, e in enumerate(events) if e.type == "token") < first_message
+    usage = events[-2].data["message"]["metadata"]["usage"]
+    assert usage["completion_tokens"] == llm.counted()["completion_tokens"]
+
+
+def test_restart_marks_runs_in_flight_interrupted_and_keeps_what_was_said(llm, tmp_path, user_id):
+    env = {"OPENAI_API_KEY": SERVER_KEY, "OPENAI_BASE_URL": llm.base_url}
+    llm.responder = lambda body: Reply("Partial thought.", delay=0.1 if len(body["messages"]) < 4 else 60)
+    first = start_server(tmp_path, env=env)
+    flow = wf.autonomous(
+        wf.assistant(max_consecutive_auto_reply=50), sender=wf.userproxy(max_consecutive_auto_reply=50)
+    )
+    try:
+        run = start(first, user_id, "think hard", flow)
+        for event in read_events(f"{first.url}/api/runs/{run['run_id']}/events"):
+            if event.type == "message" and event.data["sender"] == "primary_assistant":
+                break
+        time.sleep(0.3)
+    finally:
+        first.process.kill()  # no goodbye: the process dies mid-run
+        first.process.wait()
+    second = start_server(tmp_path, env=env)
+    try:
+        info = second.get(f"/api/runs/{run['run_id']}").json()["data"]
+        assert info["status"] == "interrupted"
+        msgs = second.get("/api/messages", user_id=user_id, session_id=run["session_id"]).json()["data"]
+        assert [m["role"] for m in msgs] == ["user", "assistant"]
+        assert "interrupted" in msgs[1]["content"] and "Partial thought." in msgs[1]["content"]
+        said = msgs[1]["metadata"]["messages"]
+        assert [m["content"] for m in said][:2] == ["think hard", "Partial thought."]
+        assert msgs[1]["metadata"]["usage"]["llm_calls"] >= 1
+        events = all_events(second, run["run_id"])
+        assert events[-1].data == {"status": "interrupted"}
+    finally:
+        second.stop()
+
+
+def test_many_concurrent_runs_all_complete(server, llm, user_id):
+    llm.latency = 0.3
+    llm.responder = lambda body: "ok TERMINATE"
+    runs = [start(server, user_id, f"q{i}", wf.autonomous(wf.assistant())) for i in range(20)]
+    results: dict[str, str] = {}
+
+    def follow(run_id):
+        results[run_id] = [e for e in read_events(f"{server.url}/api/runs/{run_id}/events")][-1].data[
+            "status"
+        ]
+
+    threads = [threading.Thread(target=follow, args=(r["run_id"],)) for r in runs]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert set(results.values()) == {"completed"} and len(results) == 20
+    assert time.monotonic() - t0 < 5  # they ran side by side, not one after another
+    assert llm.max_in_flight > 5
+    assert requests.get(server.url + "/api/health", timeout=5).status_code == 200
