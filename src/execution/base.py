@@ -100,7 +100,12 @@ class SandboxExecutor(ABC):
         return self._extractor
 
     def execute_code_blocks(self, code_blocks: list[CodeBlock]) -> CommandLineCodeResult:
-        """Run the blocks in order and stop at the first that fails, as AutoGen does."""
+        """Run the blocks in order and stop at the first that fails, as AutoGen does.
+
+        Faults of the code (errors, timeouts, kills) come back as a result. Only an
+        infrastructure failure mid-run (the Docker engine cannot start the container)
+        raises ExecutionUnavailable, which then propagates out of AutoGen's reply.
+        """
         if not code_blocks:
             raise ValueError("No code blocks to execute.")
         outputs: list[str] = []

@@ -248,6 +248,7 @@ class DockerSandboxExecutor(SandboxExecutor):
         if exit_code is None:
             # No status: the container went away while the block ran (e.g. restart()).
             self._discard(container)
+            collector.feed(b"\nsandbox error: the container stopped while the code ran\n")
             return RawRun(1, collector)
         timed_out = exit_code in _TIMEOUT_EXIT_CODES and elapsed >= timeout_s - 0.05
         if timed_out:
