@@ -20,6 +20,8 @@ import tempfile
 import time
 from collections.abc import Callable
 
+from autogen.coding.base import CodeBlock
+
 from autobots.execution import (
     ExecutionRequest,
     ExecutionSettings,
@@ -27,7 +29,6 @@ from autobots.execution import (
     open_executor,
     session_workdir,
 )
-from autogen.coding.base import CodeBlock
 
 BLOCK = [CodeBlock(code="print(1)", language="python")]
 GOALS_MS = {"docker later block": 150.0, "local block": 50.0}

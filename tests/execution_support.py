@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from autogen import UserProxyAgent
+from autogen.coding.base import CodeBlock, CommandLineCodeResult
+
 from autobots.execution import (
     ExecutionRequest,
     ExecutionSettings,
@@ -28,8 +31,6 @@ from autobots.execution import (
     open_executor,
     session_workdir,
 )
-from autogen import UserProxyAgent
-from autogen.coding.base import CodeBlock, CommandLineCodeResult
 
 SECRET_ENV = "AUTOBOTS_TEST_SERVER_SECRET"
 SECRET_VALUE = "sk-secret-d0n0tleak-7c1f9e"

@@ -17,6 +17,7 @@ from pathlib import Path
 import docker
 import docker.errors
 import pytest
+
 from autobots.execution import (
     BwrapSandboxExecutor,
     DockerSandboxExecutor,
@@ -30,7 +31,6 @@ from autobots.execution import (
 )
 from autobots.execution.docker_engine import LABEL_OWNER, LABEL_RUN, LABEL_SANDBOX, owner_label
 from autobots.execution.local_executor import check_bwrap
-
 from tests.execution_support import (
     ContainmentScenarios,
     make_settings,

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from autobots.execution import (
     BwrapSandboxExecutor,
     ExecutionRequest,
@@ -16,7 +17,6 @@ from autobots.execution import (
     open_executor,
     session_workdir,
 )
-
 from tests.execution_support import ContainmentScenarios, make_settings, open_for, run, work_root
 
 pytestmark = pytest.mark.timeout(120)

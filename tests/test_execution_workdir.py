@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pydantic
 import pytest
+
 from autobots.execution import (
     ExecutionRequest,
     ExecutionSettings,
@@ -16,7 +17,6 @@ from autobots.execution import (
     session_workdir,
 )
 from autobots.execution.output import OutputCollector
-
 from tests.execution_support import make_settings, work_root
 
 
