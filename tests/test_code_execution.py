@@ -1,0 +1,230 @@
+"""Code that an agent writes, run through the HTTP API in the Docker and the local sandbox.
+
+The scripted LLM hands out the code; the server's user proxy runs it in the sandbox and replies
+with the output, as AutoGen does. Containment is checked end to end here; every escape is also
+checked executor by executor in test_execution_docker.py and test_execution_local.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import docker
+import pytest
+import requests
+
+from autobots.settings import default_config_path
+from tests.conftest import SERVER_KEY
+from tests.support import workflows as wf
+from tests.support.scripted_llm import ScriptedLLM
+from tests.support.server import RunningServer, start_server
+
+REQUIRE_DOCKER = os.environ.get("AUTOBOTS_REQUIRE_DOCKER") == "1"
+
+
+def docker_reachable() -> bool:
+    try:
+        client = docker.from_env(timeout=5)
+        client.ping()
+        client.images.get("autobots-sandbox:latest")
+        return True
+    except Exception:
+        return False
+
+
+EXECUTORS = [
+    pytest.param(
+        "docker",
+        marks=pytest.mark.skipif(
+            not REQUIRE_DOCKER and not docker_reachable(),
+            reason="no Docker engine with autobots-sandbox:latest (AUTOBOTS_REQUIRE_DOCKER=1 makes this fail)",
+        ),
+    ),
+    pytest.param(
+        "local",
+        marks=pytest.mark.skipif(
+            not shutil.which("bwrap") and not REQUIRE_DOCKER, reason="bubblewrap is not installed"
+        ),
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def exec_server(llm_server: ScriptedLLM) -> Iterator[RunningServer]:
+    root = Path(tempfile.mkdtemp(prefix="autobots-api-exec-"))
+    root.chmod(0o755)  # the local sandbox's user must be able to reach its work dir
+    config = json.loads(Path(default_config_path()).read_text())
+    config["code_execution"].update(
+        {"work_root": str(root / "work"), "timeout_s": 5, "memory": "256m", "pids_limit": 64}
+    )
+    (root / "config.json").write_text(json.dumps(config))
+    env = {"OPENAI_API_KEY": SERVER_KEY, "OPENAI_BASE_URL": llm_server.base_url}
+    srv = start_server(root, env=env, config=root / "config.json")
+    yield srv
+    srv.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def coder_flow(executor: str, **exec_options):
+    spec = {"executor": executor, **exec_options} if exec_options else executor
+    proxy = wf.userproxy(code_execution_config=spec, max_consecutive_auto_reply=5)
+    return wf.autonomous(wf.assistant("coder"), sender=proxy)
+
+
+def code(text: str, language: str = "python") -> str:
+    return f"Running this:\n```{language}\n{text}\n```"
+
+
+def run_code(server, llm, user_id, *blocks, executor="docker", **exec_options):
+    """The assistant answers with each block in turn, then TERMINATE; returns the response."""
+    llm.queue(*(code(b) for b in blocks), "All done. TERMINATE")
+    body = {
+        "message": wf.message(user_id, "please run code"),
+        "flow_config": coder_flow(executor, **exec_options),
+    }
+    return server.post("/api/messages", body)
+
+
+def outputs(response) -> list[str]:
+    said = response.json()["metadata"]["metadata"]["messages"]
+    return [m["content"] for m in said if m["sender"] == "userproxy" and m["content"].startswith("exitcode")]
+
+
+def sandbox_containers() -> list:
+    client = docker.from_env()
+    return client.containers.list(all=True, filters={"label": "autobots.sandbox=1"})
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_output_comes_back_and_files_persist_between_blocks(exec_server, llm, user_id, executor):
+    r = run_code(
+        exec_server,
+        llm,
+        user_id,
+        "print(6 * 7)\nopen('result.txt', 'w').write('forty-two')",
+        "print(open('result.txt').read().upper())",
+        executor=executor,
+    )
+    assert r.status_code == 200, r.text
+    out = outputs(r)
+    assert out[0].startswith("exitcode: 0") and "42" in out[0]
+    assert "FORTY-TWO" in out[1]
+    meta = r.json()["metadata"]["metadata"]
+    assert {"name": "result.txt", "size": 9} in meta["files"]
+    sid = r.json()["metadata"]["session_id"]
+    got = exec_server.get(f"/api/sessions/{sid}/files/result.txt", user_id=user_id)
+    assert got.status_code == 200 and got.content == b"forty-two"
+    assert (
+        exec_server.get(f"/api/sessions/{sid}/files/result.txt", user_id="other-" + user_id).status_code
+        == 404
+    )
+    for escape in ("../config.json", "%2E%2E/config.json", "/etc/passwd", "nothing-here.txt"):
+        assert exec_server.get(f"/api/sessions/{sid}/files/{escape}", user_id=user_id).status_code == 404
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_escapes_are_contained(exec_server, llm, user_id, executor):
+    host, port = llm.base_url.split("//")[1].split("/")[0].split(":")
+    probe = f"""
+import os, socket
+try:
+    socket.create_connection(("{host}", {port}), timeout=3)
+    print("NET-OPEN")
+except OSError as e:
+    print("NET-BLOCKED", type(e).__name__)
+print("ENV-HAS-KEY" if any("SERVERSECRET" in v or "AUTOBOTS" in k for k, v in os.environ.items()) else "ENV-CLEAN")
+try:
+    print("DB-READ", len(open("{exec_server.db_path}", "rb").read()))
+except OSError as e:
+    print("DB-BLOCKED", type(e).__name__)
+"""
+    r = run_code(exec_server, llm, user_id, probe, executor=executor)
+    assert r.status_code == 200, r.text
+    out = outputs(r)[0]
+    assert "NET-BLOCKED" in out and "NET-OPEN" not in out
+    assert "ENV-CLEAN" in out
+    assert "DB-BLOCKED" in out and "DB-READ" not in out
+    assert SERVER_KEY not in r.text
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_endless_loop_fork_bomb_and_memory_hog_are_stopped_while_the_server_answers(
+    exec_server, llm, user_id, executor
+):
+    hogs = [
+        "while True:\n    pass",
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
+        "blocks = []\nwhile True:\n    blocks.append(bytearray(50 * 1024 * 1024))",
+    ]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for hog in hogs:
+            llm.queue(code(hog), "Gave up. TERMINATE")
+            body = {"message": wf.message(user_id, "misbehave"), "flow_config": coder_flow(executor)}
+            t0 = time.monotonic()
+            pending = pool.submit(exec_server.post, "/api/messages", body)
+            time.sleep(1)
+            health = requests.get(exec_server.url + "/api/health", timeout=5)
+            assert health.status_code == 200  # the server keeps answering
+            r = pending.result(timeout=60)
+            assert r.status_code == 200, r.text
+            assert time.monotonic() - t0 < 30
+            out = outputs(r)[0]
+            assert not out.startswith("exitcode: 0"), out
+
+
+@pytest.mark.skipif(not REQUIRE_DOCKER and not docker_reachable(), reason="no Docker engine")
+def test_no_container_is_left_after_runs_failures_and_cancels(exec_server, llm, user_id):
+    run_code(exec_server, llm, user_id, "print('hi')", "raise SystemExit(3)")
+    assert sandbox_containers() == []
+    # cancel while a block runs
+    llm.queue(code("import time\ntime.sleep(30)"), "never")
+    body = {"message": wf.message(user_id, "sleep"), "flow_config": coder_flow("docker")}
+    run = exec_server.post("/api/runs", body).json()["data"]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not sandbox_containers():
+        time.sleep(0.1)
+    assert sandbox_containers(), "the block never started"
+    exec_server.post(f"/api/runs/{run['run_id']}/cancel")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and sandbox_containers():
+        time.sleep(0.1)
+    assert sandbox_containers() == []
+
+
+@pytest.mark.skipif(not REQUIRE_DOCKER and not docker_reachable(), reason="no Docker engine")
+def test_missing_image_is_a_clear_503(exec_server, llm, user_id):
+    llm.queue(code("print(1)"), "TERMINATE")
+    body = {
+        "message": wf.message(user_id, "run"),
+        "flow_config": coder_flow("docker", image="autobots-missing:0"),
+    }
+    r = exec_server.post("/api/messages", body)
+    assert r.status_code == 503, r.text
+    assert "autobots-missing:0" in r.json()["message"] and "not found" in r.json()["message"]
+
+
+def test_unreachable_engine_is_a_clear_503(llm, tmp_path, user_id):
+    config = json.loads(Path(default_config_path()).read_text())
+    config["code_execution"]["docker_host"] = f"unix://{tmp_path}/no-such.sock"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    env = {"OPENAI_API_KEY": SERVER_KEY, "OPENAI_BASE_URL": llm.base_url}
+    srv = start_server(tmp_path, env=env, config=tmp_path / "config.json")
+    try:
+        llm.queue(code("print(1)"), "TERMINATE")
+        body = {"message": wf.message(user_id, "run"), "flow_config": coder_flow("docker")}
+        r = srv.post("/api/messages", body)
+        assert r.status_code == 503, r.text
+        assert "Docker" in r.json()["message"] or "docker" in r.json()["message"]
+        msgs = srv.get(
+            "/api/messages", user_id=user_id, session_id=r.json()["data"]["user_message"]["session_id"]
+        )
+        assert [m["role"] for m in msgs.json()["data"]] == ["user"]
+    finally:
+        srv.stop()
