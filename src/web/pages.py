@@ -1,0 +1,123 @@
+"""The chat page: `/`, its static files under `/static/`, and the example workflows it offers.
+
+The page is plain ES modules and vendored libraries in `static/`, served as they are (no build
+step). Caching: the page and its own modules are revalidated on every load (`no-cache` with an
+ETag, so an unchanged file is a 304), and the vendored libraries, whose directories carry their
+version, are cached for a year.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, request, send_from_directory
+from flask.sansio.blueprints import BlueprintSetupState
+from flask_openapi3 import APIBlueprint, Tag
+from pydantic import BaseModel, ValidationError
+
+from autobots.schemas.api import Envelope
+from autobots.schemas.workflow import AgentWorkFlowConfig, WorkflowType
+from autobots.web.errors import envelope
+
+log = logging.getLogger("autobots.web.pages")
+
+WEB_DIR = Path(__file__).resolve().parent
+STATIC_DIR = WEB_DIR / "static"
+EXAMPLES_DIR = WEB_DIR / "examples"
+
+# No inline script or style anywhere; images only from the page itself (a reply's markdown
+# cannot make the browser fetch another site), and nothing may frame the page.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+REVALIDATE = "no-cache"
+IMMUTABLE = "public, max-age=31536000, immutable"
+TYPE_ORDER = {t.value: i for i, t in enumerate(WorkflowType)}
+
+bp = APIBlueprint("pages", __name__, abp_tags=[Tag(name="pages")])
+
+
+class ExampleWorkflow(BaseModel):
+    name: str
+    type: str
+    description: str
+    flow_config: dict[str, Any]
+
+
+class ExamplesResponse(Envelope[list[ExampleWorkflow]]):
+    pass
+
+
+def load_examples(directory: Path = EXAMPLES_DIR) -> list[ExampleWorkflow]:
+    """Every valid `*.json` workflow in `directory`, by workflow type and then name.
+
+    A file that is not a workflow the server accepts is left out (and logged): offering it
+    would only lead to a 400 on the first message.
+    """
+    examples = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            flow = json.loads(path.read_text(encoding="utf-8"))
+            parsed = AgentWorkFlowConfig.model_validate(flow)
+        except (OSError, ValueError, ValidationError) as exc:
+            log.error("example workflow %s left out: %s", path.name, exc)
+            continue
+        examples.append(
+            ExampleWorkflow(
+                name=str(flow.get("name") or parsed.name or path.stem),
+                type=parsed.type.value,
+                description=str(flow.get("description") or ""),
+                flow_config=flow,
+            )
+        )
+    examples.sort(key=lambda e: (TYPE_ORDER.get(e.type, len(TYPE_ORDER)), e.name.lower()))
+    return examples
+
+
+@bp.get("/api/examples", responses={200: ExamplesResponse})
+def examples() -> tuple[Response, int]:
+    """Ready workflows, one or more per type, each with the `flow_config` to send."""
+    found = load_examples()
+    return envelope(True, f"{len(found)} example workflows", data=[e.model_dump(mode="json") for e in found])
+
+
+@bp.get("/", doc_ui=False)
+def index() -> Response:
+    """The chat page."""
+    response = send_from_directory(STATIC_DIR, "index.html")
+    response.headers["Cache-Control"] = REVALIDATE
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Frame-Options"] = "DENY"
+    return response
+
+
+def static_file(filename: str) -> Response:
+    return send_from_directory(STATIC_DIR, filename)
+
+
+@bp.record_once
+def _serve_static(state: BlueprintSetupState) -> None:
+    """Serve `/static/` from this folder, unless the app already does (Flask's default does)."""
+    app: Flask = state.app
+    if not app.has_static_folder or Path(app.static_folder or "").resolve() != STATIC_DIR:
+        app.add_url_rule("/static/<path:filename>", endpoint="pages.static", view_func=static_file)
+
+
+@bp.after_app_request
+def _static_cache_headers(response: Response) -> Response:
+    """Cache rules for the page's static files, whichever route served them."""
+    if request.endpoint not in ("static", "pages.static") or response.status_code not in (200, 304):
+        return response
+    filename = (request.view_args or {}).get("filename", "")
+    if filename.startswith("vendor/"):
+        response.headers["Cache-Control"] = IMMUTABLE
+    else:
+        response.headers["Cache-Control"] = REVALIDATE
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response

@@ -1,0 +1,78 @@
+// The server's JSON API. Every answer is {status, message, data}; an error's message names the
+// bad field and is meant to be shown as it is.
+
+export class ApiError extends Error {
+  constructor(message, status, data) {
+    super(message);
+    this.name = "ApiError";
+    this.status = status;
+    this.data = data;
+  }
+}
+
+async function call(method, path, body) {
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers: body === undefined ? { Accept: "application/json" } : { "Content-Type": "application/json", Accept: "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+      cache: "no-store",
+      credentials: "same-origin",
+    });
+  } catch {
+    throw new ApiError("Cannot reach the server. Check that it is running, then try again.", 0, null);
+  }
+  const text = await response.text();
+  let payload = null;
+  try {
+    payload = text ? JSON.parse(text) : null;
+  } catch {
+    payload = null;
+  }
+  if (!response.ok || !payload || payload.status === false) {
+    const message = payload?.message || `The server answered ${response.status} ${response.statusText}`.trim();
+    throw new ApiError(message, response.status, payload?.data ?? null);
+  }
+  return payload;
+}
+
+const q = (params) => new URLSearchParams(Object.entries(params).filter(([, v]) => v != null && v !== "")).toString();
+const seg = (s) => encodeURIComponent(s);
+
+export const api = {
+  examples: async () => (await call("GET", "/api/examples")).data || [],
+
+  sessions: async (userId) => (await call("GET", `/api/sessions?${q({ user_id: userId })}`)).data || [],
+
+  createSession: async (userId, session) =>
+    (await call("POST", "/api/sessions", { user_id: userId, session: { ...session, user_id: userId } })).data || [],
+
+  deleteSession: async (userId, sessionId) =>
+    (await call("POST", "/api/cleardb", { user_id: userId, session_id: sessionId })).data || [],
+
+  messages: async (userId, sessionId) =>
+    (await call("GET", `/api/messages?${q({ user_id: userId, session_id: sessionId })}`)).data || [],
+
+  startRun: async (userId, sessionId, content, flowConfig) =>
+    (
+      await call("POST", "/api/runs", {
+        message: { user_id: userId, session_id: sessionId, role: "user", content },
+        flow_config: flowConfig ?? null,
+      })
+    ).data,
+
+  run: async (runId) => (await call("GET", `/api/runs/${seg(runId)}`)).data,
+  cancelRun: async (runId) => (await call("POST", `/api/runs/${seg(runId)}/cancel`, {})).data,
+  answerRun: async (runId, text) => (await call("POST", `/api/runs/${seg(runId)}/input`, { text })).data,
+  runEventsUrl: (runId, after = 0) => `/api/runs/${seg(runId)}/events${after ? `?${q({ last_event_id: after })}` : ""}`,
+
+  publish: async (userId, sessionId, tags) =>
+    (await call("POST", "/api/sessions/publish", { user_id: userId, session: { user_id: userId, session_id: sessionId }, tags })).data,
+
+  gallery: async (tag) => (await call("GET", `/api/gallery${tag ? `?${q({ tag })}` : ""}`)).data || [],
+  galleryItem: async (id) => (await call("GET", `/api/gallery?${q({ gallery_id: id })}`)).data,
+
+  fileUrl: (userId, sessionId, name) =>
+    `/api/sessions/${seg(sessionId)}/files/${String(name).split("/").map(seg).join("/")}?${q({ user_id: userId })}`,
+};

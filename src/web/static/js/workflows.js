@@ -1,0 +1,253 @@
+// Choosing the team for a new chat: a ready example of each type, or your own JSON (pasted or
+// uploaded), checked here first so a typo is caught before anything is sent. The server checks
+// everything again, and its 400 message (which names the field) is shown in the same place.
+
+import { h } from "./dom.js";
+
+export const TYPES = ["autonomous", "sequential", "groupchat"];
+const TYPE_HELP = {
+  autonomous: "a user proxy chats with the assistant(s)",
+  sequential: "chats in a fixed order, each handed what came before",
+  groupchat: "agents take turns in a group chat",
+};
+const STORE_KEY = "autobots.workflow";
+const CUSTOM = "__custom__";
+
+function lineAndColumn(text, position) {
+  const before = text.slice(0, position);
+  const line = before.split("\n").length;
+  const column = position - before.lastIndexOf("\n");
+  return { line, column };
+}
+
+/** Parse and check a workflow JSON. Returns {flow} or {error}. */
+export function checkWorkflowText(text) {
+  const source = String(text ?? "");
+  if (!source.trim()) return { error: "Paste a workflow as JSON, or upload a .json file." };
+  let value;
+  try {
+    value = JSON.parse(source);
+  } catch (err) {
+    const message = String(err.message || err);
+    const pos = /position (\d+)/.exec(message);
+    const lc = /line (\d+) column (\d+)/.exec(message);
+    let where = "";
+    if (lc) where = ` at line ${lc[1]}, column ${lc[2]}`;
+    else if (pos) {
+      const { line, column } = lineAndColumn(source, Number(pos[1]));
+      where = ` at line ${line}, column ${column}`;
+    }
+    const reason = message.replace(/^JSON\.parse: /, "").replace(/\s*\(line \d+ column \d+\)/, "").replace(/ in JSON at position \d+/, "");
+    return { error: `Not valid JSON${where}: ${reason}` };
+  }
+  return checkWorkflow(value);
+}
+
+/** Structural checks the server would also make, with the field named the same way. */
+export function checkWorkflow(value) {
+  let flow = value;
+  if (flow && typeof flow === "object" && !Array.isArray(flow) && !("agents" in flow) && flow.flow_config && typeof flow.flow_config === "object") {
+    flow = flow.flow_config; // a request body holding a flow_config
+  }
+  if (!flow || typeof flow !== "object" || Array.isArray(flow)) {
+    return { error: `flow_config: expected a JSON object ({...}), got ${Array.isArray(flow) ? "a list" : typeof flow === "string" ? "a string" : String(flow)}` };
+  }
+  if (flow.type === undefined) return { error: `flow_config.type is required: one of ${TYPES.join(", ")}` };
+  if (!TYPES.includes(flow.type)) return { error: `flow_config.type: "${String(flow.type)}" is not a workflow type; use one of ${TYPES.join(", ")}` };
+  if (!Array.isArray(flow.agents)) return { error: "flow_config.agents: expected a list of agents" };
+  if (!flow.agents.length) return { error: "flow_config.agents: the list is empty; add at least one agent" };
+  const names = new Set();
+  for (const [i, entry] of flow.agents.entries()) {
+    const where = `flow_config.agents.${i}`;
+    if (!entry || typeof entry !== "object" || Array.isArray(entry)) return { error: `${where}: expected an object with "agent" and "link"` };
+    const agent = entry.agent;
+    if (!agent || typeof agent !== "object") return { error: `${where}.agent is required` };
+    if (!["assistant", "userproxy", "groupchat"].includes(agent.type)) {
+      return { error: `${where}.agent.type: "${String(agent.type ?? "")}" is not an agent type; use assistant, userproxy or groupchat` };
+    }
+    const name = agent.config?.name;
+    if (typeof name !== "string" || !name) return { error: `${where}.agent.config.name is required` };
+    if (!/^[A-Za-z0-9_-]+$/.test(name)) return { error: `${where}.agent.config.name: "${name}" may only hold letters, digits, _ and -` };
+    if (names.has(name)) return { error: `${where}.agent.config.name: two agents are named "${name}"` };
+    names.add(name);
+  }
+  return { flow };
+}
+
+export function describeFlow(flow) {
+  const n = Array.isArray(flow?.agents) ? flow.agents.length : 0;
+  return `${flow?.type || "workflow"} · ${n} ${n === 1 ? "agent" : "agents"}`;
+}
+
+export class WorkflowPicker {
+  constructor() {
+    this.examples = [];
+    this.loadError = null;
+    const saved = safeParse(localStorage.getItem(STORE_KEY)) || {};
+    this.choice = saved.choice || null;
+    this.customText = typeof saved.customText === "string" ? saved.customText : "";
+    this.serverError = null;
+    this.el = h("fieldset", { class: "picker" });
+  }
+
+  setExamples(examples, loadError = null) {
+    this.examples = examples;
+    this.loadError = loadError;
+    if (!this.choice || (this.choice !== CUSTOM && !examples.some((e) => e.name === this.choice))) {
+      this.choice = examples[0]?.name ?? CUSTOM;
+    }
+    this.render();
+  }
+
+  save() {
+    localStorage.setItem(STORE_KEY, JSON.stringify({ choice: this.choice, customText: this.customText }));
+  }
+
+  /** {flow, name} of the chosen workflow, or {error}. */
+  selection() {
+    if (this.choice === CUSTOM) {
+      const checked = checkWorkflowText(this.customText);
+      if (checked.error) return checked;
+      return { flow: checked.flow, name: checked.flow.name || "Custom workflow" };
+    }
+    const example = this.examples.find((e) => e.name === this.choice);
+    return example ? { flow: example.flow_config, name: example.name } : { error: "Choose a workflow first." };
+  }
+
+  /** Show why the server refused the workflow, and take the person there. */
+  showServerError(message) {
+    this.serverError = message;
+    this.render();
+    (this.el.querySelector("#workflow-json") || this.el.querySelector("input:checked"))?.focus();
+  }
+
+  render() {
+    const cards = this.examples.map((ex) => this.card(ex.name, ex.name, ex.type, ex.description));
+    cards.push(this.card(CUSTOM, "Your own workflow", "JSON", "Paste or upload a workflow config (flow_config)."));
+    const children = [
+      h("legend", {}, "Choose a team of agents"),
+      this.loadError ? h("p", { class: "field-error", role: "alert" }, `Could not load the examples: ${this.loadError}`) : null,
+      h("div", { class: "picker-cards" }, cards),
+    ];
+    if (this.choice === CUSTOM) children.push(this.customEditor());
+    else if (this.serverError) children.push(h("p", { class: "field-error", role: "alert" }, this.serverError));
+    this.el.replaceChildren(...children.filter(Boolean));
+  }
+
+  card(value, title, type, description) {
+    const id = `wf-${value === CUSTOM ? "custom" : slug(value)}`;
+    const input = h("input", { type: "radio", name: "workflow", id, value, class: "visually-hidden" });
+    input.checked = this.choice === value;
+    input.addEventListener("change", () => {
+      if (!input.checked) return;
+      if (value === CUSTOM && !this.customText.trim()) {
+        const base = this.examples.find((e) => e.name === this.choice);
+        if (base) this.customText = JSON.stringify(base.flow_config, null, 2);
+      }
+      this.choice = value;
+      this.serverError = null;
+      this.save();
+      this.render();
+      this.el.querySelector(`#${id}`)?.focus();
+    });
+    return h(
+      "label",
+      { class: "picker-card", for: id },
+      input,
+      h("span", { class: "picker-card-top" }, h("span", { class: "picker-name" }, title), h("span", { class: `badge badge-type type-${type.toLowerCase()}` }, type)),
+      h("span", { class: "picker-desc" }, description || TYPE_HELP[type] || ""),
+    );
+  }
+
+  customEditor() {
+    const status = h("p", { class: "field-status", id: "workflow-json-status", role: "status" });
+    const error = h("p", { class: "field-error", id: "workflow-json-error", role: "alert" });
+    const area = h("textarea", {
+      id: "workflow-json",
+      class: "json-input",
+      rows: 12,
+      spellcheck: "false",
+      autocomplete: "off",
+      "aria-describedby": "workflow-json-help workflow-json-status workflow-json-error",
+      placeholder: '{"name": "My team", "type": "autonomous", "agents": [...]}',
+    });
+    area.value = this.customText;
+    const file = h("input", { type: "file", id: "workflow-file", accept: ".json,application/json", class: "visually-hidden" });
+    const format = h("button", { type: "button", class: "btn btn-ghost small" }, "Format");
+
+    const update = () => {
+      const checked = checkWorkflowText(area.value);
+      error.textContent = this.serverError || (area.value.trim() ? checked.error || "" : "");
+      area.setAttribute("aria-invalid", error.textContent ? "true" : "false");
+      status.textContent = !checked.error && !this.serverError ? `Valid workflow: ${checked.flow.name ? `${checked.flow.name} · ` : ""}${describeFlow(checked.flow)}` : "";
+    };
+    let timer;
+    area.addEventListener("input", () => {
+      this.customText = area.value;
+      this.serverError = null;
+      this.save();
+      clearTimeout(timer);
+      timer = setTimeout(update, 250);
+    });
+    area.addEventListener("dragover", (event) => event.preventDefault());
+    area.addEventListener("drop", (event) => {
+      const dropped = event.dataTransfer?.files?.[0];
+      if (!dropped) return;
+      event.preventDefault();
+      readFile(dropped);
+    });
+    const readFile = async (f) => {
+      if (f.size > 1024 * 1024) {
+        error.textContent = `${f.name} is larger than 1 MB; a workflow is much smaller.`;
+        return;
+      }
+      area.value = await f.text();
+      this.customText = area.value;
+      this.serverError = null;
+      this.save();
+      update();
+      area.focus();
+    };
+    file.addEventListener("change", () => {
+      if (file.files?.[0]) readFile(file.files[0]);
+      file.value = "";
+    });
+    format.addEventListener("click", () => {
+      const checked = checkWorkflowText(area.value);
+      if (checked.flow) {
+        area.value = JSON.stringify(checked.flow, null, 2);
+        this.customText = area.value;
+        this.save();
+      }
+      update();
+    });
+    update();
+    return h(
+      "div",
+      { class: "custom-editor" },
+      h("label", { for: "workflow-json" }, "Workflow JSON"),
+      h("p", { class: "field-help", id: "workflow-json-help" }, "A flow_config like the examples; drop a file here or upload one."),
+      area,
+      h(
+        "div",
+        { class: "custom-actions" },
+        h("label", { class: "btn btn-ghost small upload" }, "Upload .json", file),
+        format,
+      ),
+      status,
+      error,
+    );
+  }
+}
+
+function slug(s) {
+  return String(s).toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-|-$/g, "") || "x";
+}
+
+function safeParse(text) {
+  try {
+    return text ? JSON.parse(text) : null;
+  } catch {
+    return null;
+  }
+}
