@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import openai
+from autogen.io.base import IOStream
+
 from autobots.agents.factory import AgentFactory, WorkflowConfigError
 from autobots.agents.iostream import RunIOStream
 from autobots.agents.transcript import InnerMessage, Transcript
@@ -32,7 +34,6 @@ from autobots.schemas.workflow import AgentWorkFlowConfig, LLMConfig
 from autobots.services.executors import RunExecutors
 from autobots.settings import Settings
 from autobots.storage.repository import Conflict, Repository
-from autogen.io.base import IOStream
 
 
 class NotFound(LookupError):
@@ -115,10 +116,15 @@ def redact(text: str, secrets: list[str]) -> str:
     return _KEY_PATTERN.sub(r"\1***", text)
 
 
+CallStore = Callable[[str, str, dict[str, Any]], None]
+
+
 class ChatService:
-    def __init__(self, settings: Settings, repo: Repository) -> None:
+    def __init__(self, settings: Settings, repo: Repository, call_store: CallStore | None = None) -> None:
         self.settings = settings
         self.repo = repo
+        # Where each LLM call is stored as it completes (a batching writer in the server).
+        self._store_call: CallStore = call_store or repo.add_llm_call
         # Clients send the same flow_config with every message; validate each one once.
         self._validated: OrderedDict[str, None] = OrderedDict()
         self._validated_lock = threading.Lock()
@@ -206,7 +212,7 @@ class ChatService:
         session_id = run.message.session_id or ""
 
         def on_call(call: LLMCall) -> None:
-            self.repo.add_llm_call(run.run_id, session_id, call.row())
+            self._store_call(run.run_id, session_id, call.row())
             if observer.on_call is not None:
                 observer.on_call(call)
 

@@ -22,6 +22,7 @@ from autobots.llm.usage import LLMCall, summarize
 from autobots.schemas.chat import Message
 from autobots.schemas.workflow import AgentWorkFlowConfig
 from autobots.services.chat import ChatService, NotFound, PreparedRun, RunControl, RunFailed, RunObserver
+from autobots.services.event_writer import EventWriter
 from autobots.settings import RunSettings
 from autobots.storage.repository import Repository
 
@@ -40,6 +41,7 @@ class LiveRun:
     input_prompt: str | None = None
     answers: queue.Queue[str | None] = field(default_factory=queue.Queue)
     seq: int = 0
+    events: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
     changed: threading.Condition = field(default_factory=lambda: threading.Condition(threading.RLock()))
     done: threading.Event = field(default_factory=threading.Event)
     reply: Message | None = None
@@ -52,10 +54,13 @@ class LiveRun:
 
 
 class RunManager:
-    def __init__(self, chat: ChatService, repo: Repository, settings: RunSettings) -> None:
+    def __init__(
+        self, chat: ChatService, repo: Repository, settings: RunSettings, writer: EventWriter
+    ) -> None:
         self._chat = chat
         self._repo = repo
         self._settings = settings
+        self._writer = writer
         self._pool = ThreadPoolExecutor(max_workers=settings.pool_size, thread_name_prefix="run")
         self._live: dict[str, LiveRun] = {}
         self._lock = threading.Lock()
@@ -109,6 +114,7 @@ class RunManager:
                 live.error = RunFailed("the run failed unexpectedly", live.run_id, live.prepared.message)
                 self._set_status(live, "failed")
         finally:
+            self._writer.flush()  # everything the run said is stored before it counts as done
             live.done.set()
             with live.changed:
                 live.changed.notify_all()
@@ -181,27 +187,30 @@ class RunManager:
 
     def stream(self, run_id: str, after: int = 0) -> Iterator[tuple[int, str, dict[str, Any]] | None]:
         """The run's events after `after`, live until the run ends; None is a heartbeat."""
+        live = self._live_run(run_id)
+        if live is not None:
+            return self._follow(live, after)
         if self._repo.get_run(run_id) is None:
             raise NotFound(f"run {run_id} not found")
-        return self._follow(run_id, after)
+        return iter(self._repo.events_after(run_id, after, limit=1_000_000))
 
-    def _follow(self, run_id: str, after: int) -> Iterator[tuple[int, str, dict[str, Any]] | None]:
+    def _follow(self, live: LiveRun, after: int) -> Iterator[tuple[int, str, dict[str, Any]] | None]:
+        """A live run's events come from memory: listeners never wait for the database."""
         last = after
         while True:
-            live = self._live_run(run_id)
-            for event in self._repo.events_after(run_id, last):
+            with live.changed:
+                fresh = live.events[last:] if last < len(live.events) else []
+                finished = live.done.is_set()
+                if not fresh and not finished:
+                    live.changed.wait(timeout=self._settings.heartbeat_s)
+                    fresh = live.events[last:]
+                    finished = live.done.is_set()
+            for event in fresh:
                 last = event[0]
                 yield event
-            if live is None or live.done.is_set():
-                # Drain what was stored between the read above and the end of the run.
-                for event in self._repo.events_after(run_id, last):
-                    last = event[0]
-                    yield event
+            if finished and last >= len(live.events):
                 return
-            with live.changed:
-                if live.seq <= last and not live.done.is_set():
-                    live.changed.wait(timeout=self._settings.heartbeat_s)
-            if live.seq <= last and not live.done.is_set():
+            if not fresh and not finished:
                 yield HEARTBEAT
 
     # recovery ----------------------------------------------------------------------------------
@@ -259,6 +268,7 @@ class RunManager:
         for live in lives:
             live.answers.put(None)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._writer.flush()
 
     # internals ---------------------------------------------------------------------------------
 
@@ -277,7 +287,8 @@ class RunManager:
     def _emit(self, live: LiveRun, kind: str, data: dict[str, Any]) -> None:
         with live.changed:
             live.seq += 1
-            self._repo.add_event(live.run_id, live.seq, kind, data)
+            live.events.append((live.seq, kind, data))
+            self._writer.put_event(live.run_id, live.seq, kind, data)
             live.changed.notify_all()
 
 

@@ -12,6 +12,10 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import delete, insert, select, text
+from sqlalchemy.orm import Session as OrmSession
+from sqlalchemy.orm import sessionmaker
+
 from autobots.schemas.chat import GalleryItem, Message, Session
 from autobots.storage.tables import (
     GalleryRow,
@@ -22,9 +26,6 @@ from autobots.storage.tables import (
     RunRow,
     SessionRow,
 )
-from sqlalchemy import delete, select, text
-from sqlalchemy.orm import Session as OrmSession
-from sqlalchemy.orm import sessionmaker
 
 UNFINISHED = ("queued", "running", "awaiting_input")
 
@@ -172,6 +173,27 @@ class Repository:
     def add_event(self, run_id: str, seq: int, type_: str, data: dict[str, Any]) -> None:
         with self._tx() as db:
             db.add(RunEventRow(run_id=run_id, seq=seq, type=type_, data=data))
+
+    def add_events_and_calls(
+        self,
+        events: Sequence[tuple[str, int, str, dict[str, Any]]],
+        calls: Sequence[tuple[str, str, dict[str, Any]]],
+    ) -> None:
+        """Many runs' events and calls in one transaction (bulk inserts, no ORM objects)."""
+        now = datetime.now(UTC)
+        with self._tx() as db:
+            if events:
+                db.execute(
+                    insert(RunEventRow),
+                    [
+                        {"run_id": r, "seq": s, "type": t, "data": d, "created_at": now}
+                        for r, s, t, d in events
+                    ],
+                )
+            if calls:
+                db.execute(
+                    insert(LLMCallRow), [{"run_id": r, "session_id": sid, **row} for r, sid, row in calls]
+                )
 
     def events_after(self, run_id: str, seq: int, limit: int = 1000) -> list[tuple[int, str, dict[str, Any]]]:
         with self._tx() as db:

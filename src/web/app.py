@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+
+from flask_openapi3 import Info, OpenAPI
 
 from autobots import __version__
 from autobots.execution import docker_available, sweep_orphans
 from autobots.services.chat import ChatService
+from autobots.services.event_writer import EventWriter
 from autobots.services.runs import RunManager
 from autobots.services.sessions import SessionService
 from autobots.settings import Settings, load_settings
@@ -15,7 +19,6 @@ from autobots.storage.repository import Repository
 from autobots.web.api import files, gallery, health, messages, runs, sessions
 from autobots.web.context import Services
 from autobots.web.errors import register_error_handlers, validation_error_response
-from flask_openapi3 import Info, OpenAPI
 
 
 def create_app(settings: Settings | None = None) -> OpenAPI:
@@ -34,8 +37,10 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     engine = create_db_engine(settings.database_url)
     migrate(engine)
     repo = Repository(make_session_factory(engine))
-    chat = ChatService(settings, repo)
-    run_manager = RunManager(chat, repo, settings.runs)
+    writer = EventWriter(repo)
+    atexit.register(writer.close)  # a graceful stop stores the last events
+    chat = ChatService(settings, repo, call_store=writer.put_call)
+    run_manager = RunManager(chat, repo, settings.runs, writer)
     interrupted = run_manager.recover()
     if interrupted:
         logging.getLogger("autobots").warning("marked %d unfinished run(s) as interrupted", interrupted)

@@ -82,6 +82,9 @@ class ScriptedLLM:
     _in_flight: int = 0
     max_in_flight: int = 0
     _server: ThreadingHTTPServer | None = None
+    # Bumped by reset(): calls that began before it (a cancelled run's abandoned call, still
+    # being answered) are not counted in the next scenario.
+    generation: int = 0
 
     # scripting ----------------------------------------------------------------------------------
 
@@ -95,6 +98,8 @@ class ScriptedLLM:
             self.served.clear()
             self.responder = None
             self.max_in_flight = 0
+            self._in_flight = 0
+            self.generation += 1
 
     def _next_reply(self, body: dict[str, Any]) -> Reply:
         with self._lock:
@@ -163,6 +168,7 @@ class ScriptedLLM:
     def _serve(self, handler: Any, body: dict[str, Any], authorization: str = "") -> None:
         started = time.monotonic()
         with self._lock:
+            generation = self.generation
             self._in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
         try:
@@ -181,19 +187,20 @@ class ScriptedLLM:
                 handler._json(200, _completion(model, reply.content, p_tokens, c_tokens))
         finally:
             with self._lock:
-                self._in_flight -= 1
-                self.served.append(
-                    Served(
-                        body,
-                        model,
-                        p_tokens,
-                        c_tokens,
-                        reply.status,
-                        started,
-                        time.monotonic(),
-                        authorization,
+                if generation == self.generation:
+                    self._in_flight -= 1
+                    self.served.append(
+                        Served(
+                            body,
+                            model,
+                            p_tokens,
+                            c_tokens,
+                            reply.status,
+                            started,
+                            time.monotonic(),
+                            authorization,
+                        )
                     )
-                )
 
     @staticmethod
     def _stream(handler: Any, body: dict[str, Any], model: str, text: str, p: int, c: int) -> None:

@@ -1,0 +1,73 @@
+"""Storing run events and LLM calls off the runs' own threads, many rows per transaction.
+
+A hundred live runs emit thousands of events a second; one SQLite transaction each would spend
+the server's CPU on commits. Here one thread writes whatever has piled up, every few
+milliseconds, in a single transaction. Live listeners read events from memory, so storing them
+late costs nobody a wait; `flush()` is the barrier for when they must be on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any
+
+from autobots.storage.repository import Repository
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class EventWriter:
+    def __init__(self, repo: Repository, interval_s: float = 0.02) -> None:
+        self._repo = repo
+        self._interval = interval_s
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="event-writer", daemon=True)
+        self._thread.start()
+
+    def put_event(self, run_id: str, seq: int, kind: str, data: dict[str, Any]) -> None:
+        self._queue.put(("event", (run_id, seq, kind, data)))
+
+    def put_call(self, run_id: str, session_id: str, row: dict[str, Any]) -> None:
+        self._queue.put(("call", (run_id, session_id, row)))
+
+    def flush(self, timeout: float = 30) -> None:
+        """Return once everything put before this call is stored."""
+        if not self._thread.is_alive():
+            return
+        done = threading.Event()
+        self._queue.put(("flush", done))
+        done.wait(timeout)
+
+    def close(self) -> None:
+        self.flush()
+        self._queue.put(_STOP)
+        self._thread.join(10)
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            items = [first]
+            if first is not _STOP:
+                # Gather what arrives in the next few milliseconds into the same transaction.
+                threading.Event().wait(self._interval)
+                while True:
+                    try:
+                        items.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+            events = [payload for kind, payload in (i for i in items if i is not _STOP) if kind == "event"]
+            calls = [payload for kind, payload in (i for i in items if i is not _STOP) if kind == "call"]
+            if events or calls:
+                try:
+                    self._repo.add_events_and_calls(events, calls)
+                except Exception:
+                    log.exception("could not store %d run events and %d LLM calls", len(events), len(calls))
+            for item in items:
+                if item is not _STOP and item[0] == "flush":
+                    item[1].set()
+            if any(item is _STOP for item in items):
+                return
