@@ -12,9 +12,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
 from autobots.execution.settings import ExecutionSettings
 from autobots.llm.embedded.settings import EmbeddedSettings
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 
 class RunLimits(BaseModel):

@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from autogen import AssistantAgent, ConversableAgent, GroupChat, GroupChatManager, UserProxyAgent
+from autogen.agentchat import Agent
+
 from autobots.agents.transcript import Transcript, message_text
 from autobots.llm.endpoints import NoUsableEndpoint, ResolvedLLMConfig
 from autobots.llm.usage import UsageRecorder
 from autobots.schemas.workflow import AgentConfig, AgentFlowSpec, AgentType, LLMConfig
-from autogen import AssistantAgent, ConversableAgent, GroupChat, GroupChatManager, UserProxyAgent
-from autogen.agentchat import Agent
 
 # Given an agent's config, the AutoGen code executor for it (or None for no execution).
 ExecutorSource = Callable[[AgentConfig], Any]

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from autobots.agents.transcript import Transcript
 from autogen.events.client_events import StreamEvent
+
+from autobots.agents.transcript import Transcript
 
 
 class RunIOStream:

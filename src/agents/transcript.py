@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from autobots.llm.usage import UsageRecorder, summarize
 from autogen import Agent, ConversableAgent, GroupChatManager
+
+from autobots.llm.usage import UsageRecorder, summarize
 
 
 @dataclass(frozen=True)

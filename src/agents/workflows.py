@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from autogen import ConversableAgent
+
 from autobots.agents.factory import AgentFactory, WorkflowConfigError
 from autobots.llm.usage import RunLimitExceeded
 from autobots.schemas.workflow import (
@@ -21,7 +23,6 @@ from autobots.schemas.workflow import (
     SummaryMethod,
     WorkflowType,
 )
-from autogen import ConversableAgent
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import httpx
+
 from autobots.llm import embedded
 from autobots.llm.pricing import Price, config_price
 from autobots.schemas.workflow import LLMConfig, ModelEndpoint

@@ -18,10 +18,11 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from autobots.llm.pricing import Price, autogen_price
-from autobots.settings import RunLimits
 from autogen import runtime_logging
 from autogen.logger.base_logger import BaseLogger
+
+from autobots.llm.pricing import Price, autogen_price
+from autobots.settings import RunLimits
 
 
 class RunStopped(Exception):

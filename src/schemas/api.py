@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Generic, TypeVar
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 from autobots.schemas.chat import GalleryItem, Message, Session
 from autobots.schemas.workflow import AgentWorkFlowConfig
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 T = TypeVar("T")
 

@@ -7,8 +7,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from autobots.schemas.workflow import AgentWorkFlowConfig
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from autobots.schemas.workflow import AgentWorkFlowConfig
 
 IdStr = str
 

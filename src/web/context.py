@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flask import current_app
+
 from autobots.services.chat import ChatService
 from autobots.services.runs import RunManager
 from autobots.services.sessions import SessionService
 from autobots.settings import Settings
 from autobots.storage.repository import Repository
-from flask import current_app
 
 
 @dataclass

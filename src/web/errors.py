@@ -6,11 +6,12 @@ import json
 import logging
 from typing import Any
 
-from autobots.services.chat import BadRequest, NotFound, RunFailed
-from autobots.services.runs import WrongState
 from flask import Flask, Response, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
+
+from autobots.services.chat import BadRequest, NotFound, RunFailed
+from autobots.services.runs import WrongState
 
 log = logging.getLogger("autobots.web")
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from flask import Response
+from flask_openapi3 import APIBlueprint, Tag
+
 from autobots.schemas.api import ErrorResponse, GalleryQuery, GalleryResponse
 from autobots.web.context import services
 from autobots.web.errors import envelope
-from flask import Response
-from flask_openapi3 import APIBlueprint, Tag
 
 bp = APIBlueprint("gallery", __name__, url_prefix="/api", abp_tags=[Tag(name="gallery")])
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from flask import Response
+from flask_openapi3 import APIBlueprint, Tag
+
 from autobots.schemas.api import (
     DeleteMessageRequest,
     ErrorResponse,
@@ -12,8 +15,6 @@ from autobots.schemas.api import (
 )
 from autobots.web.context import services
 from autobots.web.errors import envelope
-from flask import Response
-from flask_openapi3 import APIBlueprint, Tag
 
 bp = APIBlueprint("messages", __name__, url_prefix="/api", abp_tags=[Tag(name="messages")])
 ERRORS = {400: ErrorResponse, 404: ErrorResponse, 502: ErrorResponse, 503: ErrorResponse}

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+from flask import Response, request, stream_with_context
+from flask_openapi3 import APIBlueprint, Tag
+from pydantic import BaseModel, Field
+
 from autobots.schemas.api import ErrorResponse, PostMessageRequest, RunInputRequest, RunResponse
 from autobots.services.runs import HEARTBEAT
 from autobots.web.context import services
 from autobots.web.errors import envelope
-from flask import Response, request, stream_with_context
-from flask_openapi3 import APIBlueprint, Tag
-from pydantic import BaseModel, Field
 
 bp = APIBlueprint("runs", __name__, url_prefix="/api", abp_tags=[Tag(name="runs")])
 ERRORS = {400: ErrorResponse, 404: ErrorResponse, 409: ErrorResponse}

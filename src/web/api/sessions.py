@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from flask import Response
+from flask_openapi3 import APIBlueprint, Tag
+
 from autobots.schemas.api import (
     ClearDbRequest,
     CreateSessionRequest,
@@ -15,8 +18,6 @@ from autobots.schemas.chat import Session
 from autobots.services.chat import BadRequest
 from autobots.web.context import services
 from autobots.web.errors import envelope
-from flask import Response
-from flask_openapi3 import APIBlueprint, Tag
 
 bp = APIBlueprint("sessions", __name__, url_prefix="/api", abp_tags=[Tag(name="sessions")])
 ERRORS = {400: ErrorResponse, 404: ErrorResponse}
