@@ -16,6 +16,7 @@ from autobots.services.sessions import SessionService
 from autobots.settings import Settings, load_settings
 from autobots.storage.database import create_db_engine, make_session_factory, migrate
 from autobots.storage.repository import Repository
+from autobots.web import pages
 from autobots.web.api import files, gallery, health, messages, runs, sessions
 from autobots.web.context import Services
 from autobots.web.errors import register_error_handlers, validation_error_response
@@ -55,6 +56,6 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     )
 
     register_error_handlers(app)
-    for module in (messages, runs, sessions, files, gallery, health):
+    for module in (messages, runs, sessions, files, gallery, health, pages):
         app.register_api(module.bp)
     return app
