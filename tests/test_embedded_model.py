@@ -25,6 +25,7 @@ from typing import Any
 
 import openai
 import pytest
+
 from autobots.llm.embedded import (
     EMBEDDED_PREFIX,
     EmbeddedEndpoint,
@@ -54,7 +55,7 @@ def _small_settings(cache_dir: Path, **extra: Any) -> EmbeddedSettings:
 
 
 def _state(settings: EmbeddedSettings) -> dict[str, Any]:
-    return json.loads((settings.resolved_cache_dir() / "server" / "state.json").read_text())
+    return json.loads((settings.resolved_server_dir() / "state.json").read_text())
 
 
 def _wait_gone(pid: int, start: str, timeout: float) -> bool:
@@ -411,7 +412,7 @@ def test_server_stops_when_its_users_are_gone(tmp_path: Path) -> None:
         from autobots.llm.embedded import EmbeddedSettings, embedded_endpoint, shutdown
         s = EmbeddedSettings.model_validate_json({settings.model_dump_json()!r})
         embedded_endpoint({SMALL!r}, s)
-        print(json.load(open(s.resolved_cache_dir() / "server" / "state.json"))["pid"], flush=True)
+        print(json.load(open(s.resolved_server_dir() / "state.json"))["pid"], flush=True)
         if sys.argv[-1] == "hang":
             sys.stdin.read()
         shutdown()
@@ -420,7 +421,7 @@ def test_server_stops_when_its_users_are_gone(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     pid = int(result.stdout.split()[-1])
     assert process_start_time(pid) is None  # shutdown() waited for the server to exit
-    assert not (settings.resolved_cache_dir() / "server" / "state.json").exists()
+    assert not (settings.resolved_server_dir() / "state.json").exists()
 
     user = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code), "hang"],

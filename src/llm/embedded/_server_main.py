@@ -27,7 +27,6 @@ entry point are wrong for a server shared by several AutoGen agents and processe
    generation holds the model lock (``/v1/models`` waits for that lock).
 """
 
-
 import argparse
 import contextlib
 import json

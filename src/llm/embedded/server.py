@@ -9,7 +9,7 @@ Design, and why:
   the config entry makes the cost 0.  A custom client registered with
   ``register_model_client`` would have to re-implement streaming and usage, and would put
   a 1 GB model and its threads inside every web worker process.
-* **One server per machine (per cache directory).**  The model costs ~1.5 GB of RAM and
+* **One server per machine (per server directory, by default in the cache directory).**  The model costs ~1.5 GB of RAM and
   all cores while generating; several autobots processes each loading it would multiply
   the RAM and fight over 2 cores.  A lock file serialises "check or start", and a state
   file tells later processes where the running server is.  They verify it is alive (pid +
@@ -110,10 +110,6 @@ class _Attachment:
 _lock = threading.RLock()
 _attachments: dict[Path, _Attachment] = {}
 _atexit_registered = False
-
-
-def _state_dir(settings: EmbeddedSettings) -> Path:
-    return settings.resolved_cache_dir() / "server"
 
 
 def _no_proxy_opener() -> urllib.request.OpenerDirector:
@@ -405,7 +401,7 @@ def embedded_endpoint(model: str, settings: EmbeddedSettings) -> EmbeddedEndpoin
         raise EmbeddedModelError(
             f"Embedded model {model!r} is disabled by the 'models' setting {settings.models}."
         )
-    state_dir = _state_dir(settings)
+    state_dir = settings.resolved_server_dir()
     global _atexit_registered
     with _lock:
         current = _attachments.get(state_dir)

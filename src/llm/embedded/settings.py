@@ -21,6 +21,10 @@ class EmbeddedSettings(BaseModel):
 
     default_model: str = QWEN_CODER_1_5B.alias
     cache_dir: str = "~/.cache/autobots/models"
+    # Where the shared server keeps its lock, state and log; processes using the same
+    # directory share one server.  Default: "<cache_dir>/server".  Tests and benchmarks
+    # point it elsewhere to get a private server while reusing the assembled weights.
+    server_dir: str | None = None
     n_threads: int | None = Field(default=None, ge=1)
     startup_timeout_s: float = Field(default=300, gt=0)
     # Which embedded models the managed server offers; None means every known model whose
@@ -53,6 +57,11 @@ class EmbeddedSettings(BaseModel):
 
     def resolved_cache_dir(self) -> Path:
         return Path(os.path.expandvars(self.cache_dir)).expanduser().resolve()
+
+    def resolved_server_dir(self) -> Path:
+        if self.server_dir is None:
+            return self.resolved_cache_dir() / "server"
+        return Path(os.path.expandvars(self.server_dir)).expanduser().resolve()
 
     def threads(self) -> int:
         """Cores this process may run on (cgroup/affinity aware), unless set explicitly."""
