@@ -430,14 +430,16 @@ function updateComposer() {
   if (state.view !== "chat") return;
   const run = currentRun();
   const awaiting = run?.pendingInput;
+  const focused = document.activeElement;
   el.send.hidden = Boolean(run) && !awaiting;
   el.stop.hidden = !run;
+  if ((focused === el.send || focused === el.stop) && focused.hidden) el.prompt.focus();
   el.send.disabled = state.sending;
   el.send.setAttribute("aria-label", awaiting ? "Send reply" : "Send message");
-  el.promptLabel.textContent = awaiting ? `Reply to ${awaiting.agent || "the agent"}` : "Message";
+  el.promptLabel.textContent = awaiting ? "Your reply to the agents" : "Message";
   el.composer.classList.toggle("awaiting", Boolean(awaiting));
   el.prompt.placeholder = awaiting
-    ? `Reply to ${awaiting.agent || "the agent"}…`
+    ? "Your reply (Enter on an empty box skips)…"
     : run
       ? "The agents are answering… press Stop to interrupt"
       : state.current
@@ -547,14 +549,11 @@ el.prompt.addEventListener("keydown", (event) => {
 el.prompt.addEventListener("input", autosize);
 el.stop.addEventListener("click", async () => {
   const run = currentRun();
-  if (!run) return;
-  el.stop.disabled = true;
+  if (!run || run.status === "stopping") return;
   try {
     await run.cancel();
   } catch (err) {
     toast(`Could not stop the run: ${err.message}`, { error: true });
-  } finally {
-    el.stop.disabled = false;
   }
 });
 
@@ -624,7 +623,7 @@ el.showWorkflow.addEventListener("click", () => {
   if (!session) return;
   const text = JSON.stringify(session.flow_config, null, 2);
   $("#workflow-dialog-title").textContent = session.flow_config?.name ? `Workflow: ${session.flow_config.name}` : "Workflow";
-  $("#workflow-json").replaceChildren(codeBlock(text, "json", { copy: false }));
+  $("#workflow-view").replaceChildren(codeBlock(text, "json", { copy: false }));
   workflowDialog.showModal();
 });
 $("#workflow-copy").addEventListener("click", async (event) => {

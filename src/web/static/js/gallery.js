@@ -3,11 +3,18 @@
 import { api } from "./api.js";
 import { $, h, icon } from "./dom.js";
 import { dateTime, duration, plural, tokens, truncate, usd } from "./format.js";
+import { renderMarkdown } from "./markdown.js";
 import { renderMessage, sessionTotals } from "./messages.js";
 
 export function galleryTitle(item) {
   const firstQuestion = item.messages?.find((m) => m.role === "user")?.content;
   return truncate(item.session?.name || firstQuestion || item.session?.flow_config?.name || "Conversation", 90);
+}
+
+/** What an answer says, as plain text: code blocks shortened, markdown rendered (safely) and read back. */
+function plainExcerpt(markdown) {
+  const withoutCode = String(markdown).replace(/```[\s\S]*?(```|$)/g, " [code] ");
+  return renderMarkdown(withoutCode.slice(0, 2000)).textContent;
 }
 
 export const galleryHash = (tag) => (tag ? `#/gallery?tag=${encodeURIComponent(tag)}` : "#/gallery");
@@ -28,7 +35,7 @@ function card(item, activeTag) {
       "article",
       { class: "gallery-card" },
       h("h2", { class: "gallery-card-title" }, h("a", { href: `#/gallery/${encodeURIComponent(item.id)}`, class: "stretched" }, galleryTitle(item))),
-      answer ? h("p", { class: "gallery-excerpt" }, truncate(answer, 180)) : null,
+      answer ? h("p", { class: "gallery-excerpt" }, truncate(plainExcerpt(answer), 180)) : null,
       h(
         "p",
         { class: "gallery-meta" },

@@ -1,5 +1,5 @@
 // What agents say, as safe DOM. Nothing an LLM writes may run in this page:
-//  1. marked turns markdown into HTML, with every raw HTML tag in the text escaped (shown as text);
+//  1. marked turns markdown into HTML, with raw HTML in the text treated as text (escaped);
 //  2. DOMPurify sanitizes that HTML into a DOM fragment (a second line of defence);
 //  3. the page's CSP forbids inline script and images from other sites.
 // When DOMPurify is missing the text is shown as plain text: this module fails closed.
@@ -20,8 +20,18 @@ function localImage(href) {
 
 const marked = new Marked({ gfm: true, breaks: true, async: false });
 marked.use({
+  // Raw HTML is not HTML here: without these tokenizers, `<script>` is plain text (escaped), and
+  // the markdown around it still renders.
+  tokenizer: {
+    html() {
+      return undefined;
+    },
+    tag() {
+      return undefined;
+    },
+  },
   renderer: {
-    // Raw HTML in a reply is shown as the text it is.
+    // Should an HTML token still be made, it is shown as the text it is.
     html({ text, block }) {
       const shown = escapeHtml(String(text).replace(/\n+$/, ""));
       return block ? `<p class="raw-html">${shown}</p>\n` : shown;

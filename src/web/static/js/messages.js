@@ -47,7 +47,7 @@ export function step(m) {
         usage ? h("span", { class: "step-usage", title: `${costString(usage)} USD` }, `${tokens(usage.total_tokens)} · ${usd(costString(usage))}`) : null,
         time(m.timestamp),
       ),
-      renderMarkdown(m.content ?? "", "step-body"),
+      String(m.content ?? "").trim() ? renderMarkdown(m.content, "step-body") : h("p", { class: "step-body step-empty" }, "(empty message)"),
     ),
   );
 }

@@ -149,7 +149,7 @@ export class RunView {
   on_status({ status }) {
     this.lastStatus = status;
     this.setStatus(status);
-    if (status !== "awaiting_input" && this.pendingInput) this.settleInput(null);
+    if (status !== "awaiting_input" && this.pendingInput && !this.pendingInput.answering) this.settleInput(null);
     if (TERMINAL.has(status)) this.end(status);
   }
 
@@ -204,14 +204,15 @@ export class RunView {
 
   on_code_execution_start({ language, code }) {
     const output = h("div", { class: "exec-output pending" }, h("span", { class: "dots small", "aria-hidden": "true" }, h("i"), h("i"), h("i")), " Running…");
+    const title = h("span", {}, `Running ${language || "code"}…`);
     const el = h(
       "li",
       { class: "exec" },
-      h("div", { class: "exec-head" }, icon("code"), h("span", {}, `Running ${language || "code"}`)),
+      h("div", { class: "exec-head" }, icon("code"), title),
       codeBlock(code ?? "", language || ""),
       output,
     );
-    this.execs.push({ el, output });
+    this.execs.push({ el, output, title, language });
     this.steps.append(el);
     this.hooks.onChange?.(this);
   }
@@ -232,6 +233,7 @@ export class RunView {
       h("pre", { class: "exec-text" }, output ? String(output) : "(no output)"),
     );
     if (exec) {
+      exec.title.textContent = `Ran ${exec.language || "code"}`;
       exec.output.replaceWith(result);
       exec.output = result;
     } else {
@@ -241,14 +243,15 @@ export class RunView {
   }
 
   on_input_request({ prompt, agent }) {
-    if (this.pendingInput) return;
+    // A new question may arrive before the answer to the last one has been acknowledged.
+    if (this.pendingInput && !this.pendingInput.answering) return;
     const skip = h("button", { type: "button", class: "btn btn-ghost small" }, "Continue without replying");
     skip.addEventListener("click", () => this.hooks.onSkipInput?.(this));
     const answer = h("p", { class: "input-hint" }, "Type your reply in the message box below.");
     const card = h(
       "li",
-      { class: "input-card", role: "group", "aria-label": `${agent || "An agent"} asks you` },
-      h("div", { class: "input-head" }, avatar(agent || "agent", "small"), h("span", {}, `${agent || "An agent"} asks you`)),
+      { class: "input-card", role: "group", "aria-label": "The agents are waiting for your reply" },
+      h("div", { class: "input-head" }, avatar(agent || "agent", "small"), h("span", {}, "Your reply is needed"), agent ? h("span", { class: "input-agent" }, `in the chat with ${agent}`) : null),
       renderPlain(prompt || "Your input is needed.", "input-prompt"),
       h("div", { class: "input-actions" }, answer, skip),
     );
@@ -279,16 +282,24 @@ export class RunView {
   }
 
   async answer(text) {
-    if (!this.pendingInput) return;
-    this.pendingInput.skip.disabled = true;
-    await api.answerRun(this.runId, text);
-    this.settleInput(text);
+    const pending = this.pendingInput;
+    if (!pending || pending.answering) return;
+    pending.answering = true;
+    pending.skip.disabled = true;
+    try {
+      await api.answerRun(this.runId, text);
+    } catch (err) {
+      pending.answering = false;
+      pending.skip.disabled = false;
+      throw err;
+    }
+    this.settleInput(text, pending);
   }
 
-  settleInput(text) {
-    const pending = this.pendingInput;
-    if (!pending) return;
-    this.pendingInput = null;
+  settleInput(text, pending = this.pendingInput) {
+    if (!pending || pending.settled) return;
+    pending.settled = true;
+    if (this.pendingInput === pending) this.pendingInput = null;
     pending.skip.remove();
     if (text === null) pending.answer.textContent = "No reply was needed.";
     else if (text === "") pending.answer.textContent = "You continued without replying.";

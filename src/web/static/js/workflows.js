@@ -20,6 +20,101 @@ function lineAndColumn(text, position) {
   return { line, column };
 }
 
+const show = (c) => (c === "\n" ? "a line break" : `“${c}”`);
+
+/**
+ * Where and why a text is not JSON: {pos, reason}, or null when it is. Browsers' JSON.parse
+ * messages differ and often give no position, so the text is scanned here.
+ */
+export function locateJsonError(src) {
+  let i = 0;
+  const fail = (reason) => {
+    throw { pos: i, reason };
+  };
+  const ws = () => {
+    while (i < src.length && " \t\n\r".includes(src[i])) i++;
+  };
+  const ended = (what) => fail(`the text ended where ${what} was expected`);
+  const string = () => {
+    i++;
+    while (i < src.length) {
+      const c = src[i];
+      if (c === '"') {
+        i++;
+        return;
+      }
+      if (c === "\\") i += 2;
+      else if (c < " ") fail(`${c === "\n" ? "a line break" : "a control character"} inside a string (is a closing " missing?)`);
+      else i++;
+    }
+    fail('a string is not closed with "');
+  };
+  const value = () => {
+    ws();
+    const c = src[i];
+    if (c === undefined) ended("a value");
+    if (c === "{") return object();
+    if (c === "[") return array();
+    if (c === '"') return string();
+    if (c === "-" || (c >= "0" && c <= "9")) {
+      const m = /^-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?/.exec(src.slice(i));
+      if (!m) fail("a malformed number");
+      i += m[0].length;
+      return;
+    }
+    for (const word of ["true", "false", "null"]) {
+      if (src.startsWith(word, i)) {
+        i += word.length;
+        return;
+      }
+    }
+    fail(`expected a value but found ${show(c)}${c === "'" ? " (JSON uses double quotes)" : ""}`);
+  };
+  const object = () => {
+    i++;
+    ws();
+    if (src[i] === "}") return void i++;
+    for (;;) {
+      ws();
+      if (src[i] === undefined) ended('a "quoted" property name');
+      if (src[i] !== '"') fail(`expected a "quoted" property name but found ${show(src[i])}${src[i] === "'" ? " (JSON uses double quotes)" : ""}`);
+      string();
+      ws();
+      if (src[i] === undefined) ended("“:”");
+      if (src[i] !== ":") fail(`expected “:” after the property name but found ${show(src[i])}`);
+      i++;
+      value();
+      ws();
+      if (src[i] === ",") i++;
+      else if (src[i] === "}") return void i++;
+      else if (src[i] === undefined) ended("“,” or “}”");
+      else fail(`expected “,” or “}” but found ${show(src[i])}`);
+    }
+  };
+  const array = () => {
+    i++;
+    ws();
+    if (src[i] === "]") return void i++;
+    for (;;) {
+      value();
+      ws();
+      if (src[i] === ",") i++;
+      else if (src[i] === "]") return void i++;
+      else if (src[i] === undefined) ended("“,” or “]”");
+      else fail(`expected “,” or “]” but found ${show(src[i])}`);
+    }
+  };
+  try {
+    value();
+    ws();
+    if (i < src.length) fail(`unexpected ${show(src[i])} after the end of the JSON`);
+  } catch (err) {
+    if (err && typeof err.pos === "number") return err;
+    throw err;
+  }
+  return null;
+}
+
 /** Parse and check a workflow JSON. Returns {flow} or {error}. */
 export function checkWorkflowText(text) {
   const source = String(text ?? "");
@@ -28,17 +123,10 @@ export function checkWorkflowText(text) {
   try {
     value = JSON.parse(source);
   } catch (err) {
-    const message = String(err.message || err);
-    const pos = /position (\d+)/.exec(message);
-    const lc = /line (\d+) column (\d+)/.exec(message);
-    let where = "";
-    if (lc) where = ` at line ${lc[1]}, column ${lc[2]}`;
-    else if (pos) {
-      const { line, column } = lineAndColumn(source, Number(pos[1]));
-      where = ` at line ${line}, column ${column}`;
-    }
-    const reason = message.replace(/^JSON\.parse: /, "").replace(/\s*\(line \d+ column \d+\)/, "").replace(/ in JSON at position \d+/, "");
-    return { error: `Not valid JSON${where}: ${reason}` };
+    const found = locateJsonError(source);
+    if (!found) return { error: `Not valid JSON: ${err.message || err}` };
+    const { line, column } = lineAndColumn(source, Math.min(found.pos, source.length));
+    return { error: `Not valid JSON at line ${line}, column ${column}: ${found.reason}` };
   }
   return checkWorkflow(value);
 }
