@@ -29,6 +29,7 @@ entry point are wrong for a server shared by several AutoGen agents and processe
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
 import socket
@@ -138,18 +139,29 @@ def _make_llama_class() -> type:
                 sent = yield token
 
         def save_state(self) -> Any:
-            """Keep only the last row of logits in prompt-cache entries.
+            """A prompt-cache entry without the stock ``n_batch x n_vocab`` logits copy.
 
-            The stock state copies ``n_batch x n_vocab`` floats (311 MB for Qwen's 152k
-            vocabulary) that the RAM cache does not even count against its capacity, so a
-            few dozen entries would quietly eat many GB.  The rows are never read back:
-            after ``load_state`` the model re-evaluates at least the last prompt token
-            before sampling (``_requires_eval``), and ``load_state`` broadcasts one row.
+            The stock state copies 512 rows of logits (311 MB for Qwen's 152k vocabulary)
+            that the RAM cache does not even count against its capacity: a transient
+            311 MB allocation per request, and many GB held by a few dozen entries.  Only
+            the last row is kept: after ``load_state`` the model re-evaluates at least the
+            last prompt token before sampling (``_requires_eval``), and ``load_state``
+            broadcasts the row it is given.
             """
-            state = super().save_state()
-            if len(state.scores) > 1:
-                state.scores = state.scores[-1:].copy()
-            return state
+            ctx = self._ctx.ctx
+            size = llama_cpp.llama_state_get_size(ctx)
+            buffer = (ctypes.c_uint8 * size)()
+            written = int(llama_cpp.llama_state_get_data(ctx, buffer, size))
+            if written > size:
+                raise RuntimeError("llama_state_get_data overran its buffer")
+            return llama_cpp.LlamaState(
+                input_ids=self.input_ids.copy(),
+                scores=self._scores[-1:].copy(),
+                n_tokens=self.n_tokens,
+                llama_state=ctypes.string_at(buffer, written),
+                llama_state_size=written,
+                seed=self._seed,
+            )
 
     return MeteredLlama
 
