@@ -7,6 +7,8 @@ connection is ever held while agents talk to an LLM.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -35,12 +37,23 @@ class Conflict(Exception):
 
 
 class Repository:
-    def __init__(self, factory: sessionmaker) -> None:
+    def __init__(self, factory: sessionmaker, serialize_writes: bool = True) -> None:
         self._factory = factory
+        # One writer at a time in this process (SQLite). SQLite allows one writer anyway, and a
+        # writer that finds the database locked sleeps in steps of up to 100 ms before retrying:
+        # under a hundred concurrent runs, queueing here is far faster than SQLite's back-off.
+        self._write_lock: threading.Lock | contextlib.nullcontext[None] = (
+            threading.Lock() if serialize_writes else contextlib.nullcontext()
+        )
 
     @contextmanager
     def _tx(self) -> Iterator[OrmSession]:
         with self._factory.begin() as db:
+            yield db
+
+    @contextmanager
+    def _write(self) -> Iterator[OrmSession]:
+        with self._write_lock, self._factory.begin() as db:
             yield db
 
     def ping(self) -> None:
@@ -51,7 +64,7 @@ class Repository:
 
     def create_session(self, user_id: str, session: Session) -> None:
         """Create the session; creating it again for its owner changes nothing."""
-        with self._tx() as db:
+        with self._write() as db:
             row = db.scalar(select(SessionRow).where(SessionRow.session_id == session.session_id))
             if row is not None and row.user_id != user_id:
                 raise Conflict(f"session_id {session.session_id} is already in use")
@@ -78,7 +91,7 @@ class Repository:
 
     def delete_user_sessions(self, user_id: str, session_id: str) -> bool:
         """Delete one session with its messages and runs; published gallery copies stay."""
-        with self._tx() as db:
+        with self._write() as db:
             row = db.scalar(
                 select(SessionRow).where(SessionRow.session_id == session_id, SessionRow.user_id == user_id)
             )
@@ -104,12 +117,12 @@ class Repository:
             return [_message(r) for r in rows]
 
     def save_message(self, message: Message) -> Message:
-        with self._tx() as db:
+        with self._write() as db:
             _add_message(db, message)
         return message
 
     def delete_message(self, user_id: str, msg_id: str, session_id: str | None = None) -> bool:
-        with self._tx() as db:
+        with self._write() as db:
             query = delete(MessageRow).where(MessageRow.msg_id == msg_id, MessageRow.user_id == user_id)
             if session_id is not None:
                 query = query.where(MessageRow.session_id == session_id)
@@ -123,7 +136,7 @@ class Repository:
         """Store the user's message and its run (and the session, if new) all or nothing."""
         if message.session_id is None:
             raise ValueError("a run belongs to a session")
-        with self._tx() as db:
+        with self._write() as db:
             if new_session is not None:
                 db.add(_session_row(new_session))
                 db.flush()
@@ -147,7 +160,7 @@ class Repository:
         reply: Message | None = None,
     ) -> None:
         """Store the run's outcome and its answer in one transaction."""
-        with self._tx() as db:
+        with self._write() as db:
             run = db.get(RunRow, run_id)
             if run is None:
                 raise KeyError(run_id)
@@ -160,18 +173,18 @@ class Repository:
             run.ended_at = datetime.now(UTC)
 
     def set_run_status(self, run_id: str, status: str) -> None:
-        with self._tx() as db:
+        with self._write() as db:
             run = db.get(RunRow, run_id)
             if run is not None and run.status in UNFINISHED:
                 run.status = status
 
     def add_llm_call(self, run_id: str, session_id: str, call: dict[str, Any]) -> None:
         """Each call is stored as it completes: a run cut short still accounts for it."""
-        with self._tx() as db:
+        with self._write() as db:
             db.add(LLMCallRow(run_id=run_id, session_id=session_id, **call))
 
     def add_event(self, run_id: str, seq: int, type_: str, data: dict[str, Any]) -> None:
-        with self._tx() as db:
+        with self._write() as db:
             db.add(RunEventRow(run_id=run_id, seq=seq, type=type_, data=data))
 
     def add_events_and_calls(
@@ -181,7 +194,7 @@ class Repository:
     ) -> None:
         """Many runs' events and calls in one transaction (bulk inserts, no ORM objects)."""
         now = datetime.now(UTC)
-        with self._tx() as db:
+        with self._write() as db:
             if events:
                 db.execute(
                     insert(RunEventRow),
@@ -270,7 +283,7 @@ class Repository:
         """Freeze a copy of the session and its messages; later changes to the session don't show."""
         messages = self.load_messages(session.user_id, session.session_id)
         item = GalleryItem(session=session, messages=messages, tags=sorted(set(tags)))
-        with self._tx() as db:
+        with self._write() as db:
             db.add(
                 GalleryRow(
                     gallery_id=item.id,

@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
 
     engine = create_db_engine(settings.database_url)
     migrate(engine)
-    repo = Repository(make_session_factory(engine))
+    repo = Repository(make_session_factory(engine), serialize_writes=engine.dialect.name == "sqlite")
     writer = EventWriter(repo)
     atexit.register(writer.close)  # a graceful stop stores the last events
     chat = ChatService(settings, repo, call_store=writer.put_call)
