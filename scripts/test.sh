@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs and run all of it: Debian packages (as root), the
-# Python requirements into .venv, a private Docker engine and the sandbox image; then ruff and
-# pytest. CI runs exactly this (.ci/run). Extra arguments go to pytest.
+# Python requirements into .venv (llama-cpp-python compiles: ~6 minutes the first time; the
+# default model's weights are 1.1 GB), a private Docker engine and the sandbox image; then ruff
+# and pytest. CI runs exactly this (.ci/run). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3.11}"
 
-apt_packages=(docker.io bubblewrap debootstrap)
+apt_packages=(docker.io bubblewrap debootstrap chromium chromium-driver)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     missing=()
     for p in "${apt_packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -27,6 +28,11 @@ if [ "$(id -u)" = 0 ] && command -v dockerd >/dev/null; then
     export DOCKER_HOST
     scripts/build-sandbox-image.sh
     export AUTOBOTS_REQUIRE_DOCKER=1
+fi
+
+if [ "$(id -u)" = 0 ]; then
+    # This machine has everything installed above: a missing piece must fail, not skip.
+    export AUTOBOTS_REQUIRE_BROWSER=1 AUTOBOTS_REQUIRE_DEFAULT_MODEL=1
 fi
 
 echo "== ruff"

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from autobots.settings import default_config_path
 
+from autobots.settings import default_config_path
 from tests.conftest import SERVER_KEY
 from tests.support import workflows as wf
 from tests.support.scripted_llm import Reply, ScriptedLLM

@@ -6,9 +6,9 @@ import sqlite3
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+
 from autobots.storage.database import create_db_engine, migrate
 from autobots.storage.tables import Base
-
 from tests.conftest import SERVER_KEY
 from tests.support import workflows as wf
 from tests.support.server import start_server
