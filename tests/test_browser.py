@@ -216,10 +216,29 @@ def test_switch_sessions_while_a_run_goes_on(chat: ChatPage, llm: ScriptedLLM, s
     page.locator(".session-link", has_text="Older chat").click()
     chat.wait_for_hash(f"#/chat/{other}")
     page.locator("article.msg-user", has_text="older question").wait_for()
+    assert page.locator(".session-item.current").get_attribute("data-session-id") == other
     assert page.locator(f".session-item[data-session-id='{running_id}'] .running-dot").count() == 1
     page.locator(f".session-item[data-session-id='{running_id}'] .session-link").click()
     chat.wait_for_answer()
     assert "Slow answer." in chat.answers().first.inner_text()
+
+
+def test_reloading_during_a_run_picks_the_stream_up_again(chat: ChatPage, llm: ScriptedLLM) -> None:
+    llm.queue(Reply("First part, no end yet.", delay=0.5), Reply("Second part. TERMINATE", delay=3.0))
+    page = chat.open().page
+    chat.choose_example("General assistant")
+    chat.send("tell me in two parts")
+    chat.live_run().locator(".step[data-sender=primary_assistant]").wait_for()
+    page.reload()
+    live = chat.live_run()
+    live.wait_for()
+    # The events so far are replayed once (not twice), then the run goes on live.
+    live.locator(".step[data-sender=primary_assistant]").first.wait_for()
+    assert live.locator(".step[data-sender=primary_assistant]").count() == 1
+    assert page.locator("#stop").is_visible()
+    answer = chat.wait_for_answer()
+    assert "Second part." in answer.inner_text()
+    assert page.locator("#thread article.msg-user").count() == 1
 
 
 def test_cancel_a_run(chat: ChatPage, llm: ScriptedLLM, server: RunningServer) -> None:
@@ -237,6 +256,30 @@ def test_cancel_a_run(chat: ChatPage, llm: ScriptedLLM, server: RunningServer) -
     assert server.get(f"/api/runs/{run_id}").json()["data"]["status"] == "cancelled"
     assert page.locator("#send").is_visible() and not page.locator("#stop").is_visible()
     assert page.evaluate("document.activeElement.id") == "prompt"
+
+
+def test_a_failed_run_says_why_and_can_be_tried_again(
+    chat: ChatPage, llm: ScriptedLLM, server: RunningServer
+) -> None:
+    llm.responder = lambda _body: Reply("upstream exploded", status=500)
+    page = chat.open().page
+    chat.choose_example("General assistant")
+    chat.send("this will fail")
+    error = chat.live_run().locator(".run-error")
+    error.wait_for()
+    assert "upstream exploded" in error.inner_text()
+    assert chat.live_run().locator(".run-pill").inner_text() == "Failed"
+    assert page.locator("#send").is_visible()
+    stored = server.get("/api/messages", user_id=chat.user_id, session_id=chat.current_session_id()).json()[
+        "data"
+    ]
+    assert [m["content"] for m in stored] == ["this will fail"]  # the question is kept
+
+    llm.responder = lambda _body: "Worked this time. TERMINATE"
+    error.locator("button.retry").click()
+    answer = chat.wait_for_answer()
+    assert "Worked this time." in answer.inner_text()
+    chat.errors[:] = [e for e in chat.errors if "status of 502" not in e]
 
 
 def test_answer_a_human_input_prompt(chat: ChatPage, llm: ScriptedLLM) -> None:

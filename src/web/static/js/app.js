@@ -261,6 +261,8 @@ function newChat() {
 
 async function openSession(sessionId, seq) {
   state.current = sessionId;
+  state.messages = [];
+  renderSidebar();
   welcome.hidden = true;
   el.thread.replaceChildren(h("p", { class: "empty-note" }, "Loading…"));
   if (state.sessionsLoaded) await state.sessionsLoaded;
@@ -391,7 +393,21 @@ async function endRun(run, status) {
   } catch {
     // the run's own block already says how it ended
   }
-  if (status === "failed") toast("The run failed; what was said so far is shown.", { error: true });
+  if (status === "failed" || status === "interrupted") offerRetry(run);
+}
+
+/** A failed run's question can be asked again with one click. */
+function offerRetry(run) {
+  if (!run.question || run.errorBox.querySelector(".retry")) return;
+  const retry = h("button", { type: "button", class: "btn small retry" }, "Try again");
+  retry.addEventListener("click", () => {
+    if (currentRun() || state.sending) return;
+    el.prompt.value = run.question;
+    submit();
+  });
+  run.errorBox.hidden = false;
+  if (!run.errorBox.textContent) run.errorBox.append(h("span", {}, `The run ${run.status === "failed" ? "failed" : "was interrupted"}.`));
+  run.errorBox.append(retry);
 }
 
 async function resumeRun(sessionId) {
@@ -529,6 +545,7 @@ async function send(sessionId, text, isNew) {
   bubble.dataset.msgId = started.user_msg_id;
   if (state.current === sessionId) state.messages.push({ ...pending, msg_id: started.user_msg_id, session_id: sessionId });
   const run = makeRun({ runId: started.run_id, sessionId, status: started.status });
+  run.question = text;
   if (state.current === sessionId) el.thread.append(run.el);
   run.connect();
   updateHeader();
