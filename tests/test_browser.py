@@ -11,6 +11,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -100,6 +101,34 @@ def test_page_is_served_with_csp_and_sensible_caching(server: RunningServer) -> 
         server.url + "/static/js/app.js", headers={"If-None-Match": module.headers["ETag"]}
     )
     assert again.status_code == 304
+
+
+def test_pages_blueprint_serves_static_files_on_an_app_without_its_own(tmp_path: Path) -> None:
+    from flask import Flask
+
+    from autobots.web import pages
+
+    app = Flask("bare", static_folder=None)
+    app.register_blueprint(pages.bp)
+    client = app.test_client()
+    module = client.get("/static/js/app.js")
+    assert module.status_code == 200 and module.headers["Cache-Control"] == "no-cache"
+    vendor = client.get("/static/vendor/MANIFEST.txt")
+    assert vendor.status_code == 200 and "immutable" in vendor.headers["Cache-Control"]
+    assert client.get("/static/../pages.py").status_code == 404
+    index = client.get("/")
+    assert index.status_code == 200 and "Content-Security-Policy" in index.headers
+
+
+def test_broken_example_files_are_left_out(tmp_path: Path) -> None:
+    from autobots.web.pages import EXAMPLES_DIR, load_examples
+
+    for path in EXAMPLES_DIR.glob("*.json"):
+        (tmp_path / path.name).write_text(path.read_text())
+    (tmp_path / "broken.json").write_text('{"type": "autonomous",')
+    (tmp_path / "wrong-type.json").write_text('{"type": "relay", "agents": []}')
+    found = load_examples(tmp_path)
+    assert [e.type for e in found] == ["autonomous", "sequential", "groupchat"]
 
 
 def test_vendored_libraries_keep_their_licences(server: RunningServer) -> None:
@@ -414,6 +443,31 @@ def test_html_and_script_in_replies_render_as_text(
     chat.wait_for_answer()
     page.wait_for_timeout(300)  # any onerror would have fired by now
     check()
+
+
+def test_streamed_tokens_show_as_plain_text_while_written(chat: ChatPage, llm: ScriptedLLM) -> None:
+    llm.responder = lambda _body: Reply(
+        'alpha beta <img src=x onerror="window.__pwned=3"> gamma TERMINATE', delay=0.5
+    )
+    flow = wf.autonomous(wf.assistant(llm_config={"config_list": [{"model": "gpt-4o-mini"}], "stream": True}))
+    page = chat.open().page
+    chat.paste_workflow(flow)
+    page.evaluate(
+        """() => {
+          window.__streamed = "";
+          new MutationObserver(() => {
+            const s = document.querySelector(".streaming");
+            if (s && s.textContent.length > window.__streamed.length) window.__streamed = s.textContent;
+          }).observe(document.body, {subtree: true, childList: true, characterData: true});
+        }"""
+    )
+    chat.send("stream it")
+    answer = chat.wait_for_answer()
+    streamed = page.evaluate("window.__streamed")
+    assert streamed.startswith("alpha beta <img src=x"), streamed
+    assert page.locator(".streaming").count() == 0
+    assert "gamma" in answer.inner_text()
+    assert page.evaluate("typeof window.__pwned") == "undefined"
 
 
 # workflow JSON ---------------------------------------------------------------------------------

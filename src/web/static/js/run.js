@@ -177,7 +177,6 @@ export class RunView {
       this.typing.hidden = true;
     }
     stream.body.append(String(delta ?? ""));
-    this.hooks.onChange?.(this);
   }
 
   finishStream(agent) {
