@@ -25,6 +25,7 @@ class EventWriter:
         self._repo = repo
         self._interval = interval_s
         self._queue: queue.Queue[Any] = queue.Queue()
+        self._urgent = threading.Event()  # a flush is waiting: write now, don't gather more
         self._thread = threading.Thread(target=self._loop, name="event-writer", daemon=True)
         self._thread.start()
 
@@ -40,6 +41,7 @@ class EventWriter:
             return
         done = threading.Event()
         self._queue.put(("flush", done))
+        self._urgent.set()
         done.wait(timeout)
 
     def close(self) -> None:
@@ -52,8 +54,10 @@ class EventWriter:
             first = self._queue.get()
             items = [first]
             if first is not _STOP:
-                # Gather what arrives in the next few milliseconds into the same transaction.
-                threading.Event().wait(self._interval)
+                # Gather what arrives in the next few milliseconds into the same transaction,
+                # unless somebody is waiting for it to be stored.
+                self._urgent.wait(self._interval)
+                self._urgent.clear()
                 while True:
                     try:
                         items.append(self._queue.get_nowait())
