@@ -132,7 +132,8 @@ def test_human_input_pauses_and_resumes_the_run(server, llm, user_id):
         "awaiting_input",
         "running",
     ]
-    assert any(e.type == "input_request" for e in events)
+    requests_ = [e.data for e in events if e.type == "input_request"]
+    assert requests_ and requests_[0]["agent"] == "userproxy"
     said = [(e.data["sender"], e.data["content"]) for e in events if e.type == "message"]
     assert ("userproxy", "Paris") in said
     assert llm.served[1].body["messages"][-1]["content"] == "Paris"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -155,7 +156,7 @@ class RunManager:
             return ""
         live.input_prompt = prompt
         self._set_status(live, "awaiting_input")
-        self._emit(live, "input_request", {"prompt": prompt, "agent": _speaker(live)})
+        self._emit(live, "input_request", {"prompt": prompt, "agent": _asking_agent(prompt)})
         try:
             answer = live.answers.get(timeout=self._settings.input_timeout_s)
         except queue.Empty:
@@ -296,9 +297,13 @@ class WrongState(ValueError):
     """The run is not in a state where this can be done (a 409)."""
 
 
-def _speaker(live: LiveRun) -> str | None:
-    transcript = live.control.transcript
-    return transcript.speaker() if transcript is not None else None
+_REPLYING_AS = re.compile(r"Replying as ([^.\s]+)\.")
+
+
+def _asking_agent(prompt: str) -> str | None:
+    """The agent that asks: AutoGen's prompt begins "Replying as <name>."."""
+    match = _REPLYING_AS.search(prompt)
+    return match.group(1) if match else None
 
 
 def _call_event(call: LLMCall) -> dict[str, Any]:
