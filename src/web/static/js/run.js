@@ -250,7 +250,7 @@ export class RunView {
     const card = h(
       "li",
       { class: "input-card", role: "group", "aria-label": "The agents are waiting for your reply" },
-      h("div", { class: "input-head" }, avatar(agent || "agent", "small"), h("span", {}, "Your reply is needed"), agent ? h("span", { class: "input-agent" }, `in the chat with ${agent}`) : null),
+      h("div", { class: "input-head" }, avatar(agent || "agent", "small"), h("span", {}, "Your reply is needed"), agent ? h("span", { class: "input-agent" }, `replying as ${agent}`) : null),
       renderPlain(prompt || "Your input is needed.", "input-prompt"),
       h("div", { class: "input-actions" }, answer, skip),
     );
