@@ -80,7 +80,7 @@ def _run_python(code: str, timeout: float = 180) -> subprocess.CompletedProcess[
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedSettings]:
     """A private cache dir, so these tests get their own server and leave a dev's alone."""
-    yield _small_settings(tmp_path_factory.mktemp("embedded-cache"))
+    yield _small_settings(tmp_path_factory.mktemp("embedded-cache"), default_max_tokens=16)
     shutdown()
 
 
@@ -340,9 +340,36 @@ def test_concurrent_requests_are_queued_not_cut(client: openai.OpenAI) -> None:
         assert finish in {"stop", "length"}
 
 
+def test_reply_length_is_capped_by_default(client: openai.OpenAI) -> None:
+    """No max_tokens means the settings' cap, not "until the context is full"."""
+    messages: Any = [{"role": "user", "content": "Write a very long story about a dragon."}]
+    uncapped = client.chat.completions.create(model=SMALL, messages=messages, temperature=0)
+    assert uncapped.usage is not None and uncapped.usage.completion_tokens <= 16
+    newer = client.chat.completions.create(
+        model=SMALL, messages=messages, temperature=0, max_completion_tokens=5
+    )
+    assert newer.usage is not None and newer.usage.completion_tokens <= 5
+
+
+def test_prompt_longer_than_the_context_is_a_clear_error(client: openai.OpenAI) -> None:
+    messages: Any = [{"role": "user", "content": "word " * 3000}]  # SmolLM2 runs with n_ctx 2048
+    with pytest.raises(openai.BadRequestError, match="maximum context length"):
+        client.chat.completions.create(model=SMALL, messages=messages, max_tokens=4)
+    with pytest.raises(openai.APIError, match="maximum context length"):
+        list(client.chat.completions.create(model=SMALL, messages=messages, max_tokens=4, stream=True))
+    # The server is fine afterwards.
+    ok = client.chat.completions.create(
+        model=SMALL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+    )
+    assert ok.choices[0].message.content is not None
+
+
 def test_unknown_model_is_rejected_not_substituted(client: openai.OpenAI) -> None:
+    messages: Any = [{"role": "user", "content": "hi"}]
     with pytest.raises(openai.NotFoundError, match="not served here"):
-        client.chat.completions.create(model="embedded:other", messages=[{"role": "user", "content": "hi"}])
+        client.chat.completions.create(model="embedded:other", messages=messages)
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        client.chat.completions.create(model="embedded:other", messages=messages, stream=True)
 
 
 def test_second_call_and_other_process_reuse_the_server(

@@ -237,6 +237,7 @@ def _start_server(model: str, wanted: list[str], settings: EmbeddedSettings, sta
         "clients_dir": str(state_dir / "clients"),
         "port_file": str(port_file),
         "linger_s": settings.linger_s,
+        "default_max_tokens": settings.default_max_tokens,
         "preload": [model],
         "models": [
             {

@@ -36,6 +36,9 @@ class EmbeddedSettings(BaseModel):
     # taking turns (each with its own system prompt) resume from their own prefix instead of
     # re-reading the whole history.  0 disables it.
     prompt_cache_mb: int = Field(default=2048, ge=0)
+    # Reply length cap for requests that set none (llama.cpp's own default is "until the
+    # context is full", minutes of a shared 2-core server for a model that rambles).
+    default_max_tokens: int = Field(default=1024, ge=1)
     # Tokens evaluated per batch while reading a prompt.
     n_batch: int = Field(default=512, ge=32)
     # How long the shared server stays up after the last autobots process detaches; 0 stops
