@@ -12,6 +12,7 @@ LLM's latency.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -42,6 +43,16 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1])
     return total
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time used by the server (master and worker), to tell CPU-bound from waiting."""
+    total = 0
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for proc in [pid, *map(int, children)]:
+        fields = Path(f"/proc/{proc}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -109,10 +120,12 @@ def main() -> None:
                     "error": None if status == "completed" else f"status {status}",
                 }
 
+            cpu0 = cpu_seconds(pid)
             t0 = time.perf_counter()
             with ThreadPoolExecutor(max_workers=args.runs) as pool:
                 results = list(pool.map(one, range(args.runs)))
             wall = time.perf_counter() - t0
+            server_cpu = cpu_seconds(pid) - cpu0
             stop.set()
             sampler.join()
         finally:
@@ -145,6 +158,9 @@ def main() -> None:
             f"p50 {statistics.median(replies) * 1000:6.0f} ms  p99 {p99 * 1000:6.0f} ms "
             f"(goal p99 < 1000 ms: {'met' if p99 < 1 else 'NOT met'})"
         )
+    print(
+        f"server CPU: {server_cpu:.2f} s in all, {server_cpu / args.runs * 1000:.0f} ms per run (one process)"
+    )
     print(
         f"server memory: idle {idle / 1024:.0f} MiB, peak {peak[0] / 1024:.0f} MiB, {per_run_mib:.2f} MiB per concurrent run"
     )
