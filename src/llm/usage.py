@@ -55,6 +55,24 @@ class LLMCall:
     started_at: datetime
     error: str | None = None
 
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> LLMCall:
+        """A call read back from `llm_calls` (the requested model is not stored)."""
+        return cls(
+            agent=row["agent"],
+            model=row["model"],
+            requested_model=row["model"],
+            prompt_tokens=row["prompt_tokens"],
+            completion_tokens=row["completion_tokens"],
+            total_tokens=row["total_tokens"],
+            cost=Decimal(row["cost_usd"]),
+            price_known=row["price_known"],
+            cached=row["cached"],
+            latency_s=row["latency_s"],
+            started_at=row["started_at"],
+            error=row["error"],
+        )
+
     def row(self) -> dict[str, Any]:
         """The columns of `llm_calls`."""
         return {

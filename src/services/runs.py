@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 from autobots.llm.usage import LLMCall, summarize
@@ -180,7 +179,7 @@ class RunManager:
                 stored["usage"] = recorder.summary()
         stored["input_prompt"] = live.input_prompt if live is not None else None
         if stored["usage"] is None:
-            stored["usage"] = summarize([_call_from_row(r) for r in self._repo.llm_calls(run_id)])
+            stored["usage"] = summarize([LLMCall.from_row(r) for r in self._repo.llm_calls(run_id)])
         for key in ("started_at", "ended_at"):
             if isinstance(stored[key], datetime):
                 stored[key] = stored[key].isoformat()
@@ -226,7 +225,7 @@ class RunManager:
                 for _, kind, data in self._repo.events_after(run["run_id"], 0, limit=100_000)
                 if kind == "message"
             ]
-            calls = [_call_from_row(r) for r in self._repo.llm_calls(run["run_id"])]
+            calls = [LLMCall.from_row(r) for r in self._repo.llm_calls(run["run_id"])]
             usage = summarize(calls)
             user_msg = self._repo.get_message(run["user_msg_id"])
             last = next((m["content"] for m in reversed(said) if m.get("content")), "")
@@ -319,23 +318,6 @@ def _call_event(call: LLMCall) -> dict[str, Any]:
         "cached": call.cached,
         "error": call.error,
     }
-
-
-def _call_from_row(row: dict[str, Any]) -> LLMCall:
-    return LLMCall(
-        agent=row["agent"],
-        model=row["model"],
-        requested_model=row["model"],
-        prompt_tokens=row["prompt_tokens"],
-        completion_tokens=row["completion_tokens"],
-        total_tokens=row["total_tokens"],
-        cost=Decimal(row["cost_usd"]),
-        price_known=row["price_known"],
-        cached=row["cached"],
-        latency_s=row["latency_s"],
-        started_at=row["started_at"],
-        error=row["error"],
-    )
 
 
 __all__ = ["HEARTBEAT", "TERMINAL", "LiveRun", "RunManager", "WrongState"]
