@@ -5,7 +5,7 @@ by path and not as ``-m autobots...``, so it works whichever way the parent foun
 ``autobots`` package; it therefore imports nothing from autobots.
 
 Why not plain ``python -m llama_cpp.server --config_file``?  Its routes, request types,
-request lock and SSE publisher are reused unchanged, but six behaviours of its stock
+request lock and error handling are reused unchanged, but these behaviours of its stock
 entry point are wrong for a server shared by several AutoGen agents and processes:
 
 1. ``interrupt_requests`` defaults to true: a queued request *cuts off* the stream in
@@ -19,11 +19,18 @@ entry point are wrong for a server shared by several AutoGen agents and processe
 3. Streaming responses carry no ``usage`` (it ignores ``stream_options``), and AutoGen
    streams with ``include_usage``; token counts would read 0.  Here the final chunk carries
    exact usage, counted from the same token lists the non-streaming path reports.
-4. It binds a port it is told; here the socket is bound to 127.0.0.1:0 before anything
+4. Its stream publisher pulls every token through a separate thread-pool call, and an
+   error mid-stream drops the connection.  Here one worker thread generates while the
+   event loop sends, and errors become OpenAI-style ``error`` events.
+5. Without ``max_tokens`` it generates until the context is full; here a configurable cap
+   applies (``default_max_tokens``), and OpenAI's newer ``max_completion_tokens`` is honoured.
+6. Its server-side prompt cache entries copy ``n_batch x n_vocab`` logits each (311 MB for
+   Qwen) outside the cache's size accounting; here they keep one row (see ``save_state``).
+7. It binds a port it is told; here the socket is bound to 127.0.0.1:0 before anything
    else, so there is no window between choosing a free port and listening on it.
-5. It runs until killed; here a watchdog stops it when no registered client process is
+8. It runs until killed; here a watchdog stops it when no registered client process is
    alive (after ``linger_s``), so a crashed or SIGKILLed autobots never leaves an orphan.
-6. A lock-free ``/autobots/health`` lets clients check identity and liveness while a long
+9. A lock-free ``/autobots/health`` lets clients check identity and liveness while a long
    generation holds the model lock (``/v1/models`` waits for that lock).
 """
 
