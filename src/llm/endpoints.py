@@ -109,6 +109,10 @@ def resolve(config: LLMConfig, settings: Settings, start_embedded: bool = True) 
         if config.stream:
             resolved["stream"] = True
     timeout = config.timeout or settings.llm.request_timeout_s
+    if config.timeout is None and any(embedded.is_embedded(e["model"]) for e in entries):
+        # The embedded model answers one request at a time on the CPU: a call may wait in its
+        # queue behind other agents' replies, which is slow but not a failure.
+        timeout = max(timeout, settings.embedded.request_timeout_s)
     llm_config: dict[str, Any] = {
         "config_list": entries,
         "temperature": config.temperature,

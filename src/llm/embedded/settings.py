@@ -27,6 +27,9 @@ class EmbeddedSettings(BaseModel):
     server_dir: str | None = None
     n_threads: int | None = Field(default=None, ge=1)
     startup_timeout_s: float = Field(default=300, gt=0)
+    # Per call to the embedded model, when the agent sets no timeout: calls queue one at a time
+    # behind other agents' replies on the CPU, so they get longer than remote endpoints.
+    request_timeout_s: float = Field(default=600, gt=0)
     # Which embedded models the managed server offers; None means every known model whose
     # weight packages are installed.  Restricting it saves disk (no 1.1 GB assembly) and RAM.
     models: list[str] | None = None
