@@ -233,3 +233,59 @@ def test_llm_calls_are_stored_per_run(server, llm, user_id):
         )
     ]
     assert status == ("completed",)
+
+
+def test_groupchat_workflow_with_a_manager_only_agent_uses_its_settings(server, llm, user_id):
+    """The shape where members are the workflow's agents and the groupchat agent only configures
+    the manager: its max_round and speaker selection apply."""
+    llm.responder = by_system({"planner": "Plan step.", "critic": "Again."})  # never terminates
+    manager = {
+        "type": "groupchat",
+        "config": {
+            "name": "chair",
+            "llm_config": wf.llm_config(),
+            "speaker_selection_method": "round_robin",
+            "max_round": 3,
+        },
+    }
+    flow = {
+        "name": "flat groupchat",
+        "type": "groupchat",
+        "agents": [
+            wf.link(wf.userproxy(max_consecutive_auto_reply=0), "sender"),
+            wf.link(wf.assistant("planner"), "receiver"),
+            wf.link(wf.assistant("critic"), "receiver"),
+            wf.link(manager, "receiver"),
+        ],
+    }
+    r = ask(server, user_id, "Plan", flow)
+    assert r.status_code == 200, r.text
+    meta = r.json()["metadata"]["metadata"]
+    assert [m["sender"] for m in meta["messages"]] == ["userproxy", "planner", "critic"]
+    assert meta["usage"]["llm_calls"] == 2  # round robin: no selection calls; max_round 3 stops it
+
+
+def test_a_groupchat_agent_running_as_a_team_needs_members(server, llm, user_id):
+    lonely = {"type": "groupchat", "config": {"name": "lonely", "speaker_selection_method": "round_robin"}}
+    r = ask(server, user_id, "hi", wf.autonomous(lonely))
+    assert r.status_code == 400 and "needs at least 2 member agents" in r.json()["message"]
+
+
+def test_sequential_uses_the_configured_sender(server, llm, user_id):
+    llm.responder = by_system({"researcher": "Found it. TERMINATE"})
+    flow = wf.sequential(wf.assistant("researcher"))
+    flow["agents"][0] = wf.link(wf.userproxy("ada_proxy"), "sender")
+    r = ask(server, user_id, "Look it up", flow)
+    assert r.status_code == 200, r.text
+    said = [(m["sender"], m["recipient"]) for m in r.json()["metadata"]["metadata"]["messages"]]
+    assert said == [("ada_proxy", "researcher"), ("researcher", "ada_proxy")]
+
+
+def test_custom_termination_word_ends_the_chat(server, llm, user_id):
+    llm.queue("All set. DONE", "should never be asked")
+    agent = wf.assistant()
+    sender = wf.userproxy(is_termination_msg="DONE", max_consecutive_auto_reply=3)
+    r = ask(server, user_id, "go", wf.autonomous(agent, sender=sender))
+    assert r.status_code == 200, r.text
+    assert llm.counted()["calls"] == 1
+    assert r.json()["message"].startswith("All set.")

@@ -170,7 +170,11 @@ def _groupchat(
         manager = factory.group_manager(flow.groupchat_manager(), members)
         initiator = next(a for a in manager.groupchat.agents if a.name == proxies[0].agent_name)
     else:
-        initiator = factory.default_user_proxy()
+        # A user proxy linked as sender outside the members (members nested in the manager)
+        # starts the chat; without one, a default user proxy does.
+        names = {m.agent_name for m in members}
+        outside = [s for s in flow.senders() if s.type is AgentType.userproxy and s.agent_name not in names]
+        initiator = factory.build(outside[0]) if outside else factory.default_user_proxy()
         manager = factory.group_manager(flow.groupchat_manager(), members)
     answer, _, hit = _chat(initiator, manager, _history_preface(task, history), factory)
     return WorkflowOutcome(answer, hit, {manager.name: answer})

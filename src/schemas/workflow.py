@@ -155,7 +155,9 @@ class AgentFlowSpec(_Lenient):
         if self.name is None:
             self.name = self.config.name
         if self.type is AgentType.groupchat:
-            if len(self.agents) < 2:
+            # No members at all is a manager-only spec, which a groupchat workflow may give for
+            # its manager (its members are then the workflow's agents); the workflow checks that.
+            if len(self.agents) == 1:
                 raise ValueError(f"groupchat agent '{self.name}' needs at least 2 member agents in 'agents'")
             _unique_names(self.agents, where=f"members of '{self.name}'")
         return self
@@ -210,6 +212,18 @@ class AgentWorkFlowConfig(_Lenient):
                     )
         if self.type is WorkflowType.groupchat and len(self.groupchat_members()) < 2:
             raise ValueError("a groupchat workflow needs at least 2 member agents")
+        manager = self.groupchat_manager() if self.type is WorkflowType.groupchat else None
+        teams = [a.agent for a in self.agents if a.agent is not manager]
+        if manager is None:
+            teams += self.receivers()
+        for spec in teams + (manager.agents if manager is not None else []):
+            _check_teams(spec)
+        if manager is not None and not manager.agents:
+            extra = [a.agent.agent_name for a in self.agents if a.agent.type is AgentType.groupchat][1:]
+            if extra:
+                raise ValueError(
+                    f"a groupchat workflow takes one groupchat agent (its manager); also got {extra}"
+                )
         if self.type is not WorkflowType.groupchat and not self.receivers():
             raise ValueError("flow_config has no receiver: link one agent with agent_type 'receiver'")
         return self
@@ -238,6 +252,14 @@ class AgentWorkFlowConfig(_Lenient):
         if isinstance(self.receiver, list):
             return list(self.receiver)
         return [self.receiver] if self.receiver is not None else []
+
+
+def _check_teams(spec: AgentFlowSpec) -> None:
+    """A groupchat agent that runs as a team (not a workflow's manager) needs its members."""
+    if spec.type is AgentType.groupchat and len(spec.agents) < 2:
+        raise ValueError(f"groupchat agent '{spec.agent_name}' needs at least 2 member agents in 'agents'")
+    for member in spec.agents:
+        _check_teams(member)
 
 
 def _unique_names(specs: list[AgentFlowSpec], where: str) -> None:
