@@ -153,3 +153,84 @@ def test_sender_and_receiver_without_name_field_are_accepted(server, llm, user_i
     flow["sender"] = {"name": "userproxy", **flow["sender"]}
     r = server.post("/api/messages", {"message": wf.message(user_id, "hi"), "flow_config": flow})
     assert r.status_code == 200, r.text
+
+
+def test_deeply_nested_json_is_a_400_not_a_crash(server, user_id):
+    before = counts(server)
+    r = server.post("/api/messages", data="[" * 200_000, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["message"]
+    body = good_body(user_id)
+    body["message"]["metadata"] = "[" * 200_000
+    r = server.post("/api/messages", body)
+    assert r.status_code == 400 and "metadata" in r.json()["message"], r.text
+    assert counts(server) == before
+    assert server.get("/api/health").status_code == 200
+
+
+OTHER_ENDPOINTS = {
+    "session without flow_config": (
+        "/api/sessions",
+        lambda u: {"user_id": u, "session": {"user_id": u}},
+        "flow_config",
+    ),
+    "session with unknown workflow type": (
+        "/api/sessions",
+        lambda u: {
+            "user_id": u,
+            "session": {"user_id": u, "flow_config": {**wf.autonomous(wf.assistant()), "type": "swarm"}},
+        },
+        "'autonomous', 'sequential' or 'groupchat'",
+    ),
+    "session user_id a number": (
+        "/api/sessions",
+        lambda u: {"user_id": 7, "session": {"user_id": u}},
+        "user_id",
+    ),
+    "publish without session": ("/api/sessions/publish", lambda u: {"user_id": u}, "session"),
+    "publish tags not a list": (
+        "/api/sessions/publish",
+        lambda u: {"user_id": u, "session": {"user_id": u, "session_id": "s"}, "tags": "maths"},
+        "tags",
+    ),
+    "delete without msg_id": ("/api/messages/delete", lambda u: {"user_id": u}, "msg_id"),
+    "delete msg_id a list": ("/api/messages/delete", lambda u: {"user_id": u, "msg_id": ["a"]}, "msg_id"),
+    "cleardb without session_id": ("/api/cleardb", lambda u: {"user_id": u}, "session_id"),
+    "cleardb user_id empty": ("/api/cleardb", lambda u: {"user_id": "", "session_id": "s"}, "user_id"),
+}
+
+
+@pytest.mark.parametrize("case", list(OTHER_ENDPOINTS))
+def test_bad_bodies_on_other_endpoints_are_clear_400s(server, user_id, case):
+    path, make, expected = OTHER_ENDPOINTS[case]
+    with sqlite3.connect(server.db_path) as db:
+        published_before = db.execute("SELECT count(*) FROM gallery").fetchone()[0]
+    before = counts(server)
+    r = server.post(path, make(user_id))
+    assert r.status_code == 400, r.text
+    assert r.json()["status"] is False and expected in r.json()["message"], r.json()["message"]
+    assert counts(server) == before
+    with sqlite3.connect(server.db_path) as db:
+        assert db.execute("SELECT count(*) FROM gallery").fetchone()[0] == published_before
+
+
+def test_a_post_without_any_body_is_fine_where_none_is_needed(server, llm, user_id):
+    """`curl -X POST .../cancel` sends no Content-Length at all: only body-taking routes refuse it."""
+    import http.client
+    from urllib.parse import urlparse
+
+    llm.queue("Done. TERMINATE")
+    r = server.post("/api/runs", good_body(user_id))
+    run_id = r.json()["data"]["run_id"]
+    url = urlparse(server.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    conn.putrequest("POST", f"/api/runs/{run_id}/cancel")
+    conn.endheaders()
+    reply = conn.getresponse()
+    assert reply.status == 200, reply.read()
+    conn.close()
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    conn.putrequest("POST", "/api/cleardb")
+    conn.endheaders()
+    reply = conn.getresponse()
+    assert reply.status == 400 and b"request body is empty" in reply.read()
+    conn.close()

@@ -47,7 +47,7 @@ class Message(_Model):
                 return None
             try:
                 return json.loads(value)
-            except json.JSONDecodeError as exc:
+            except (json.JSONDecodeError, RecursionError) as exc:
                 raise ValueError("metadata must be an object or a JSON object string") from exc
         return value
 

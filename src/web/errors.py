@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, current_app, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -40,8 +41,17 @@ def validation_error_response(exc: ValidationError) -> Response:
     return response
 
 
+def _takes_body() -> bool:
+    """Whether the matched endpoint reads a JSON body (flask-openapi3 passes it as `body`)."""
+    view = current_app.view_functions.get(request.endpoint or "")
+    return view is None or "body" in inspect.signature(view).parameters
+
+
 def reject_malformed_json() -> tuple[Response, int] | None:
-    """A body that is not JSON gets its own clear message (pydantic would only see "None")."""
+    """A body that is not JSON gets its own clear message (pydantic would only see "None").
+
+    Endpoints that take no body (`POST /api/runs/<id>/cancel`) accept an empty one: `curl -X POST`
+    sends no Content-Length at all."""
     if request.method in ("POST", "PUT", "PATCH") and request.content_length != 0:
         raw = request.get_data(cache=True)
         if raw.strip():
@@ -49,7 +59,9 @@ def reject_malformed_json() -> tuple[Response, int] | None:
                 json.loads(raw)
             except (ValueError, UnicodeDecodeError) as exc:
                 return envelope(False, f"request body is not valid JSON: {exc}", code=400)
-        elif request.path.startswith("/api/"):
+            except RecursionError:
+                return envelope(False, "request body is not valid JSON: nested too deeply", code=400)
+        elif request.path.startswith("/api/") and _takes_body():
             return envelope(False, "request body is empty: a JSON object is required", code=400)
     return None
 
