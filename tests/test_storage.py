@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 from alembic.autogenerate import compare_metadata
@@ -59,3 +60,62 @@ def test_restart_and_upgrade_keep_every_row(llm, tmp_path, user_id):
         assert len(second.get("/api/gallery", tag="t").json()["data"]) == 1
     finally:
         second.stop()
+
+
+def test_upgrading_a_first_revision_database_keeps_its_rows(tmp_path, user_id):
+    """A database made by the first release, with data in it, upgrades to the newest schema and
+    the server then serves that data."""
+    from alembic import command
+
+    from autobots.storage.database import alembic_config
+
+    db_file = tmp_path / "database.sqlite"
+    engine = create_db_engine(f"sqlite:///{db_file}")
+    cfg = alembic_config()
+    with engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "0001")
+    engine.dispose()
+    flow = wf.autonomous(wf.assistant())
+    with sqlite3.connect(db_file) as db:
+        db.execute(
+            "INSERT INTO sessions (session_id, user_id, name, flow_config, created_at) VALUES (?, ?, ?, ?, ?)",
+            ("old-session", user_id, None, json.dumps(flow), "2025-01-01 10:00:00"),
+        )
+        for msg_id, role, content in (("m1", "user", "old question"), ("m2", "assistant", "old answer")):
+            db.execute(
+                "INSERT INTO messages (msg_id, session_id, user_id, role, content, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (msg_id, "old-session", user_id, role, content, "2025-01-01 10:00:01"),
+            )
+        assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'run_events'").fetchone() == (0,)
+
+    srv = start_server(tmp_path)  # migrates the file to the newest revision at start
+    try:
+        msgs = srv.get("/api/messages", user_id=user_id, session_id="old-session").json()["data"]
+        assert [(m["msg_id"], m["content"]) for m in msgs] == [("m1", "old question"), ("m2", "old answer")]
+        sessions = srv.get("/api/sessions", user_id=user_id).json()["data"]
+        assert [s["session_id"] for s in sessions] == ["old-session"]
+    finally:
+        srv.stop()
+    with sqlite3.connect(db_file) as db:
+        assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'run_events'").fetchone() == (1,)
+        assert db.execute("SELECT version_num FROM alembic_version").fetchone()[0] != "0001"
+
+
+def test_two_first_messages_of_one_new_session_both_land_in_it(server, llm, user_id):
+    """Two clients may send the first message of the same new session at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    llm.latency = 0.3
+    llm.responder = lambda body: "Both fine. TERMINATE"
+    body = {
+        "message": wf.message(user_id, "hi", "shared-new-session"),
+        "flow_config": wf.autonomous(wf.assistant()),
+    }
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: server.post("/api/messages", body), range(4)))
+    assert [r.status_code for r in results] == [200] * 4, [r.text for r in results]
+    msgs = server.get("/api/messages", user_id=user_id, session_id="shared-new-session").json()["data"]
+    assert len(msgs) == 8
+    assert len(server.get("/api/sessions", user_id=user_id).json()["data"]) == 1

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, insert, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import sessionmaker
 
@@ -64,12 +65,12 @@ class Repository:
 
     def create_session(self, user_id: str, session: Session) -> None:
         """Create the session; creating it again for its owner changes nothing."""
-        with self._write() as db:
-            row = db.scalar(select(SessionRow).where(SessionRow.session_id == session.session_id))
-            if row is not None and row.user_id != user_id:
-                raise Conflict(f"session_id {session.session_id} is already in use")
-            if row is None:
-                db.add(_session_row(session))
+        try:
+            with self._write() as db:
+                _ensure_session(db, user_id, session)
+        except IntegrityError as exc:  # another process created it between our look and insert
+            if self.session_owner(session.session_id) != user_id:
+                raise Conflict(f"session_id {session.session_id} is already in use") from exc
 
     def get_sessions(self, user_id: str) -> list[Session]:
         with self._tx() as db:
@@ -136,10 +137,20 @@ class Repository:
         """Store the user's message and its run (and the session, if new) all or nothing."""
         if message.session_id is None:
             raise ValueError("a run belongs to a session")
+        try:
+            self._start_run(run_id, message, new_session, status)
+        except IntegrityError as exc:  # an id taken by another process in the meantime
+            raise Conflict(
+                f"session {message.session_id} or message {message.msg_id} is already in use"
+            ) from exc
+
+    def _start_run(self, run_id: str, message: Message, new_session: Session | None, status: str) -> None:
+        assert message.session_id is not None
         with self._write() as db:
             if new_session is not None:
-                db.add(_session_row(new_session))
-                db.flush()
+                # Two first messages of one new session may race here: the second finds the
+                # session the first created, and both runs belong to it.
+                _ensure_session(db, message.user_id, new_session)
             _add_message(db, message)
             db.add(
                 RunRow(
@@ -158,12 +169,15 @@ class Repository:
         usage: dict[str, Any] | None,
         error: str | None = None,
         reply: Message | None = None,
-    ) -> None:
-        """Store the run's outcome and its answer in one transaction."""
+    ) -> bool:
+        """Store the run's outcome and its answer in one transaction.
+
+        Returns False when the run is gone (its session was deleted while it ran): nothing is
+        stored then, as the user asked for the session to go."""
         with self._write() as db:
             run = db.get(RunRow, run_id)
             if run is None:
-                raise KeyError(run_id)
+                return False
             if reply is not None:
                 _add_message(db, reply)
                 run.assistant_msg_id = reply.msg_id
@@ -171,6 +185,7 @@ class Repository:
             run.error = error
             run.usage = usage
             run.ended_at = datetime.now(UTC)
+            return True
 
     def set_run_status(self, run_id: str, status: str) -> None:
         with self._write() as db:
@@ -192,9 +207,18 @@ class Repository:
         events: Sequence[tuple[str, int, str, dict[str, Any]]],
         calls: Sequence[tuple[str, str, dict[str, Any]]],
     ) -> None:
-        """Many runs' events and calls in one transaction (bulk inserts, no ORM objects)."""
+        """Many runs' events and calls in one transaction (bulk inserts, no ORM objects).
+
+        Rows of runs that no longer exist (their session was deleted mid-run) are dropped, so one
+        deleted run never costs the other runs of the batch their rows."""
         now = datetime.now(UTC)
         with self._write() as db:
+            wanted = {r for r, *_ in events} | {r for r, *_ in calls}
+            alive = (
+                set(db.scalars(select(RunRow.run_id).where(RunRow.run_id.in_(wanted)))) if wanted else set()
+            )
+            events = [e for e in events if e[0] in alive]
+            calls = [c for c in calls if c[0] in alive]
             if events:
                 db.execute(
                     insert(RunEventRow),
@@ -317,6 +341,16 @@ class Repository:
                 )
                 for r in db.scalars(query)
             ]
+
+
+def _ensure_session(db: OrmSession, user_id: str, session: Session) -> None:
+    """Add the session unless its owner has it already; another owner's id is a Conflict."""
+    owner = db.scalar(select(SessionRow.user_id).where(SessionRow.session_id == session.session_id))
+    if owner is not None and owner != user_id:
+        raise Conflict(f"session_id {session.session_id} is already in use")
+    if owner is None:
+        db.add(_session_row(session))
+        db.flush()
 
 
 def _add_message(db: OrmSession, message: Message) -> None:
