@@ -322,7 +322,8 @@ class ChatService:
         control.cancel()
         transcript = control.transcript
         said = _last_said(transcript) if transcript is not None else ""
-        return self.finish(run, control, WorkflowOutcome(said), "cancelled")
+        files = control.executors.files() if control.executors is not None else []
+        return self.finish(run, control, WorkflowOutcome(said), "cancelled", files)
 
 
 def _timing(start: datetime, end: datetime) -> dict[str, Any]:
