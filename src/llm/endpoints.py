@@ -5,7 +5,9 @@ Rules, so that the server's key can never be sent somewhere a request chose:
   or OpenAI's when none is set). A request that names another `base_url` brings its own key, or
   none at all (local OpenAI-compatible servers need none).
 - An entry with neither a usable key nor an endpoint is not usable; a config with no usable entry
-  is an error the caller reports as a 400.
+  is answered by the embedded local model, and the answer's metadata says so.
+- The embedded model is reached on 127.0.0.1 with no proxy from the environment and no retries: a
+  retried call would queue a second generation behind the first on the CPU.
 """
 
 from __future__ import annotations
@@ -35,26 +37,28 @@ class _SharedHTTPClient(httpx.Client):
 
 
 _client_lock = threading.Lock()
-_client: httpx.Client | None = None
+_clients: dict[bool, httpx.Client] = {}
 
 
-def shared_http_client() -> httpx.Client:
-    """One HTTP client for every agent of every run in this process.
+def shared_http_client(local: bool = False) -> httpx.Client:
+    """One HTTP client for every agent of every run in this process (one more for the local model).
 
     Building an OpenAI client loads the system's CA certificates (about 70 ms); agents are built
     fresh for every request, so without sharing that cost would dominate short runs. Sharing also
     pools connections to the LLM endpoint. The client keeps no cookies: one user's endpoint must
-    not be able to set state that another user's requests carry.
+    not be able to set state that another user's requests carry. The local model's client ignores
+    proxy settings: httpx would send even 127.0.0.1 through `HTTP_PROXY`.
     """
-    global _client
     with _client_lock:
-        if _client is None:
-            _client = _SharedHTTPClient(
+        client = _clients.get(local)
+        if client is None:
+            client = _clients[local] = _SharedHTTPClient(
                 limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
                 cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
                 follow_redirects=False,
+                trust_env=not local,
             )
-        return _client
+        return client
 
 
 class NoUsableEndpoint(ValueError):
@@ -131,7 +135,8 @@ def _embedded_entry(model: str, settings: Settings, start: bool) -> dict[str, An
     if not start:
         return {"model": model, "api_key": NO_KEY, "base_url": "http://127.0.0.1:9/v1", "price": [0, 0]}
     entry = embedded.embedded_endpoint(model, settings.embedded).config_entry()
-    entry["http_client"] = shared_http_client()
+    entry["http_client"] = shared_http_client(local=True)
+    entry["max_retries"] = 0
     return entry
 
 
