@@ -7,8 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-from pydantic import ValidationError
-
 
 def _serve(args: argparse.Namespace) -> int:
     from autobots.settings import load_settings
@@ -32,8 +30,10 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         raw = json.loads(Path(args.workflow).read_text(encoding="utf-8"))
+        if not isinstance(raw, dict):
+            raise ValueError("the file must hold a JSON object: a flow_config or a request body with one")
         flow = AgentWorkFlowConfig.model_validate(raw.get("flow_config", raw))
-    except (OSError, json.JSONDecodeError, ValidationError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # JSON and pydantic errors are ValueErrors
         print(f"error: cannot use workflow {args.workflow}: {exc}", file=sys.stderr)
         return 2
     settings = load_settings(args.config)

@@ -52,13 +52,15 @@ def test_cli_run_prints_each_message_and_the_cost(llm, tmp_path):
     assert SERVER_KEY not in out.stdout + out.stderr
 
 
-def test_cli_run_rejects_a_bad_workflow_file(tmp_path):
+@pytest.mark.parametrize("content", [json.dumps({"type": "nonsense"}), "[1, 2]", "{not json"])
+def test_cli_run_rejects_a_bad_workflow_file(tmp_path, content):
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"type": "nonsense"}))
+    bad.write_text(content)
     out = subprocess.run(
         [sys.executable, "-m", "autobots", "run", str(bad), "hi"], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 2 and "cannot use workflow" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 @pytest.mark.parametrize("script", ["autoworkflow.py", "seqworkflow.py", "groupworkflow.py"])
