@@ -4,6 +4,10 @@ Both run the same two-agent chat (a user proxy asks, the assistant answers with 
 call) against the scripted OpenAI-compatible server at 0 ms latency, so what is measured is the
 framework's and the server's own time. Goal: the server within 1.25x of plain AutoGen.
 
+Plain AutoGen is timed twice: as its users usually write it (each run's agents build their own
+OpenAI client, which loads the CA certificates) and at its best (one shared HTTP client, as the
+server does). The goal is judged against the best.
+
     python bench/overhead.py [-n 50]
 """
 
@@ -19,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import httpx  # noqa: E402
 from autogen import AssistantAgent, UserProxyAgent  # noqa: E402
 
 from tests.support import workflows as wf  # noqa: E402
@@ -28,9 +33,19 @@ from tests.support.server import start_server  # noqa: E402
 KEY = "sk-bench"
 
 
-def plain_autogen(base_url: str) -> None:
+class SharedClient(httpx.Client):
+    """AutoGen deep-copies llm_config; a shared client must survive that as itself."""
+
+    def __deepcopy__(self, memo: dict) -> SharedClient:
+        return self
+
+
+def plain_autogen(base_url: str, http_client: httpx.Client | None = None) -> None:
+    entry = {"model": "gpt-4o-mini", "api_key": KEY, "base_url": base_url}
+    if http_client is not None:
+        entry["http_client"] = http_client
     llm_config = {
-        "config_list": [{"model": "gpt-4o-mini", "api_key": KEY, "base_url": base_url}],
+        "config_list": [entry],
         "temperature": 0,
         "cache_seed": None,
     }
@@ -73,19 +88,26 @@ def main() -> None:
                 r = server.post("/api/messages", body)
                 assert r.status_code == 200, r.text
 
-            timed(lambda: plain_autogen(llm.base_url), 3)  # warm both up
+            shared = SharedClient()
+            timed(lambda: plain_autogen(llm.base_url), 3)  # warm all three up
+            timed(lambda: plain_autogen(llm.base_url, shared), 3)
             timed(over_http, 3)
             plain = timed(lambda: plain_autogen(llm.base_url), args.n)
+            best = timed(lambda: plain_autogen(llm.base_url, shared), args.n)
             served = timed(over_http, args.n)
         finally:
             server.stop()
             llm.stop()
-    p, s = statistics.median(plain), statistics.median(served)
-    ratio = s / p
+    p, b, s = statistics.median(plain), statistics.median(best), statistics.median(served)
     print(f"runs: {args.n} each, scripted LLM at 0 ms latency, one LLM call per run")
-    print(f"plain autogen (in-process): median {p:7.1f} ms/run  mean {statistics.mean(plain):7.1f}")
-    print(f"autobots over HTTP:         median {s:7.1f} ms/run  mean {statistics.mean(served):7.1f}")
-    print(f"ratio: {ratio:.2f}x  (goal <= 1.25x: {'met' if ratio <= 1.25 else 'NOT met'})")
+    print(f"plain autogen, own client per run: median {p:7.1f} ms/run  mean {statistics.mean(plain):7.1f}")
+    print(f"plain autogen, one shared client:  median {b:7.1f} ms/run  mean {statistics.mean(best):7.1f}")
+    print(f"autobots over HTTP:                median {s:7.1f} ms/run  mean {statistics.mean(served):7.1f}")
+    print(f"ratio to the usual plain autogen: {s / p:.2f}x")
+    ratio = s / b
+    print(
+        f"ratio to the best plain autogen:  {ratio:.2f}x  (goal <= 1.25x: {'met' if ratio <= 1.25 else 'NOT met'})"
+    )
 
 
 if __name__ == "__main__":
