@@ -24,7 +24,12 @@ echo "== python requirements"
 
 if [ "$(id -u)" = 0 ] && command -v dockerd >/dev/null; then
     echo "== docker engine and sandbox image"
-    eval "$(scripts/start-dockerd.sh | grep '^export DOCKER_HOST=\|^DOCKER_HOST=')"
+    docker_env=$(scripts/start-dockerd.sh | grep '^export DOCKER_HOST=\|^DOCKER_HOST=' || true)
+    if [ -z "$docker_env" ]; then
+        echo "the private Docker engine did not start (scripts/start-dockerd.sh)" >&2
+        exit 1
+    fi
+    eval "$docker_env"
     export DOCKER_HOST
     scripts/build-sandbox-image.sh
     export AUTOBOTS_REQUIRE_DOCKER=1
@@ -32,7 +37,7 @@ fi
 
 if [ "$(id -u)" = 0 ]; then
     # This machine has everything installed above: a missing piece must fail, not skip.
-    export AUTOBOTS_REQUIRE_BROWSER=1 AUTOBOTS_REQUIRE_DEFAULT_MODEL=1
+    export AUTOBOTS_REQUIRE_BROWSER=1 AUTOBOTS_REQUIRE_DEFAULT_MODEL=1 AUTOBOTS_REQUIRE_LOCAL=1
 fi
 
 echo "== ruff"
