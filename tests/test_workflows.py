@@ -289,3 +289,26 @@ def test_custom_termination_word_ends_the_chat(server, llm, user_id):
     assert r.status_code == 200, r.text
     assert llm.counted()["calls"] == 1
     assert r.json()["message"].startswith("All set.")
+
+
+def test_two_group_chats_in_one_run_each_pay_for_their_own_speaker_selection(server, llm, user_id):
+    def respond(body):
+        text = str(body["messages"])
+        if "Read the above conversation" in text or "select the next role" in text:
+            return "a1" if "You are a1." in text else "b1"
+        return by_system({"a1": "A done. TERMINATE", "b1": "B done. TERMINATE"})(body)
+
+    llm.responder = respond
+
+    def team(name, *members):
+        return wf.groupchat(*(wf.assistant(m) for m in members), method="auto", name=name)["agents"][0][
+            "agent"
+        ]
+
+    flow = wf.autonomous(team("team_a", "a1", "a2", "a3"), team("team_b", "b1", "b2", "b3"))
+    r = ask(server, user_id, "Work", flow)
+    assert r.status_code == 200, r.text
+    per_agent = r.json()["metadata"]["metadata"]["usage"]["per_agent"]
+    assert per_agent["team_a"]["calls"] == 1 and per_agent["team_b"]["calls"] == 1, per_agent
+    assert per_agent["a1"]["calls"] == 1 and per_agent["b1"]["calls"] == 1
+    assert sum(a["calls"] for a in per_agent.values()) == llm.counted()["calls"] == 4

@@ -13,9 +13,10 @@ from typing import Any
 from autogen import AssistantAgent, ConversableAgent, GroupChat, GroupChatManager, UserProxyAgent
 from autogen.agentchat import Agent
 
+from autobots.agents.iostream import answer_silence_as_never
 from autobots.agents.transcript import Transcript, message_text
 from autobots.llm.endpoints import NoUsableEndpoint, ResolvedLLMConfig
-from autobots.llm.usage import UsageRecorder
+from autobots.llm.usage import UsageRecorder, billed_to
 from autobots.schemas.workflow import AgentConfig, AgentFlowSpec, AgentType, LLMConfig
 
 # Given an agent's config, the AutoGen code executor for it (or None for no execution).
@@ -31,13 +32,15 @@ class WorkflowConfigError(ValueError):
 class BudgetedGroupChat(GroupChat):
     """A GroupChat that checks the run's limits before each speaker selection (an LLM call)."""
 
-    def __init__(self, *args: Any, recorder: UsageRecorder, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, recorder: UsageRecorder, manager_name: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._recorder = recorder
+        self._manager_name = manager_name
 
     def select_speaker(self, last_speaker: Agent, selector: ConversableAgent) -> Agent:
         self._recorder.check()
-        return super().select_speaker(last_speaker, selector)
+        with billed_to(self._manager_name):
+            return super().select_speaker(last_speaker, selector)
 
 
 class AgentFactory:
@@ -127,6 +130,7 @@ class AgentFactory:
             allow_repeat_speaker=cfg.allow_repeat_speaker,
             select_speaker_auto_verbose=False,
             recorder=self.recorder,
+            manager_name=cfg.name,
         )
         manager = GroupChatManager(
             groupchat=groupchat,
@@ -136,9 +140,6 @@ class AgentFactory:
             is_termination_msg=termination_check(cfg.is_termination_msg),
             system_message=cfg.system_message or "Group chat manager.",
         )
-        # AutoGen's speaker selection runs through helper agents; bill their calls to the manager.
-        self.recorder.alias("speaker_selection_agent", cfg.name)
-        self.recorder.alias("checking_agent", cfg.name)
         return self._wire(manager)
 
     def _code_execution(self, cfg: AgentConfig) -> dict[str, Any] | bool:
@@ -161,6 +162,7 @@ class AgentFactory:
             return messages
 
         agent.register_hook("safeguard_llm_inputs", check_budget)
+        answer_silence_as_never(agent)  # no human answer acts as NEVER mode (see iostream.py)
         self.transcript.attach(agent)
         return agent
 

@@ -158,7 +158,6 @@ class UsageRecorder:
         self._calls: list[LLMCall] = []
         self._pending: dict[str, list[LLMCall]] = {}
         self._notes: dict[str, str] = {}
-        self._aliases: dict[str, str] = {}
         self._started = time.monotonic()
         self._cancelled = False
         self.limit_hit: RunLimitExceeded | None = None
@@ -193,10 +192,6 @@ class UsageRecorder:
 
     # recording ---------------------------------------------------------------------------------
 
-    def alias(self, internal_name: str, shown_as: str) -> None:
-        """Attribute calls of AutoGen's internal helper agents to the agent they work for."""
-        self._aliases[internal_name] = shown_as
-
     def add_prices(self, prices: dict[str, Price]) -> None:
         """Prices a request's config gives for its models (they win over AutoGen's table)."""
         with self._lock:
@@ -218,7 +213,7 @@ class UsageRecorder:
         cached: bool,
         started_at: datetime,
     ) -> LLMCall:
-        agent = self._aliases.get(agent, agent)
+        agent = _billed_to.get() or agent
         if isinstance(response, str):  # AutoGen logs a failed call as a string
             call = LLMCall(
                 agent=agent,
@@ -306,6 +301,24 @@ def recording(recorder: UsageRecorder) -> Iterator[UsageRecorder]:
 
 def current_recorder() -> UsageRecorder | None:
     return _current.get()
+
+
+_billed_to: contextvars.ContextVar[str | None] = contextvars.ContextVar("autobots_billed_to", default=None)
+
+
+@contextmanager
+def billed_to(agent: str) -> Iterator[None]:
+    """Bill the calls made in this context to `agent`.
+
+    AutoGen's group-chat speaker selection talks through throw-away helper agents
+    (`speaker_selection_agent`, `checking_agent`); their calls are the manager's work. A context
+    variable, not a name mapping: two managers of one run select speakers in parallel threads.
+    """
+    token = _billed_to.set(agent)
+    try:
+        yield
+    finally:
+        _billed_to.reset(token)
 
 
 class _AutogenBridge(BaseLogger):
