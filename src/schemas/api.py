@@ -104,6 +104,8 @@ class ClearDbRequest(_Body):
 
 class RunInputRequest(_Body):
     text: str = Field(default="", max_length=100_000)
+    # The input_request event's prompt_id: with it, an answer to an expired prompt is a 409.
+    prompt_id: str | None = Field(default=None, max_length=100)
 
 
 class RunInfo(BaseModel):
@@ -118,6 +120,7 @@ class RunInfo(BaseModel):
     user_msg_id: str | None = None
     assistant_msg_id: str | None = None
     input_prompt: str | None = None
+    input_prompt_id: str | None = None
 
 
 class RunResponse(Envelope[RunInfo]):

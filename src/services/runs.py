@@ -1,23 +1,33 @@
 """Live runs: a bounded worker pool, stored events, cancel, human input, restart recovery.
 
 Every run, blocking (`POST /api/messages`) or not (`POST /api/runs`), goes through here, so the
-two behave the same and both leave the same record. Each event a run emits is stored before
-listeners are woken, so a client that reconnects with `Last-Event-ID` gets exactly what it missed,
-and a run cut short by a server restart still shows what was said.
+two behave the same and both leave the same record. Events live in memory for listeners and are
+stored by the event writer a few milliseconds later, so a client that reconnects with
+`Last-Event-ID` gets exactly what it missed, and a run cut short by a server restart still shows
+what was said.
+
+Three rules keep a run's story consistent whichever thread gets somewhere first:
+- every change of a run's status and every event is made under the run's `changed` lock;
+- once a terminal status is announced (`concluded`), nothing more is emitted: a cancelled run's
+  worker whose pending LLM call returns later adds nothing after `cancelled`;
+- a human's answer belongs to one prompt (`prompt_id`): a late or repeated answer is refused,
+  never carried over to the next prompt.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import re
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from autobots.agents.workflows import WorkflowOutcome
 from autobots.llm.usage import LLMCall, summarize
 from autobots.schemas.chat import Message
 from autobots.schemas.workflow import AgentWorkFlowConfig
@@ -31,6 +41,14 @@ log = logging.getLogger(__name__)
 TERMINAL = frozenset({"completed", "failed", "cancelled", "interrupted"})
 HEARTBEAT = None  # what `stream` yields when nothing happened for a while
 
+# Events reach listeners from memory before the writer stores them, so after a hard kill a client
+# may have seen ids the database never got. A run's in-memory ids never run more than SEQ_SLACK
+# ahead of what is stored (the emitting thread waits for the writer when they would), and
+# recovery numbers its events from the last stored id + SEQ_SLACK + 1: always past anything sent.
+SEQ_SLACK = 1000
+
+INTERRUPTED_NOTE = "[autobots: the run was interrupted by a server restart]"
+
 
 @dataclass
 class LiveRun:
@@ -38,12 +56,16 @@ class LiveRun:
     interactive: bool
     control: RunControl = field(default_factory=RunControl)
     status: str = "queued"
+    # The prompt a human is asked to answer now, its id, and the answer once given.
     input_prompt: str | None = None
-    answers: queue.Queue[str | None] = field(default_factory=queue.Queue)
+    prompt_id: str | None = None
+    answer: str | None = None
     seq: int = 0
+    flushed_seq: int = 0  # every event up to this id is stored
     events: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
     changed: threading.Condition = field(default_factory=lambda: threading.Condition(threading.RLock()))
-    done: threading.Event = field(default_factory=threading.Event)
+    concluded: bool = False  # the terminal status is announced; nothing follows it
+    done: threading.Event = field(default_factory=threading.Event)  # the worker has returned
     reply: Message | None = None
     error: RunFailed | None = None
     future: Future[None] | None = None
@@ -64,6 +86,7 @@ class RunManager:
         self._pool = ThreadPoolExecutor(max_workers=settings.pool_size, thread_name_prefix="run")
         self._live: dict[str, LiveRun] = {}
         self._lock = threading.Lock()
+        self._closing = False
 
     # starting ----------------------------------------------------------------------------------
 
@@ -78,17 +101,22 @@ class RunManager:
 
     def run_blocking(self, message: Message, flow: AgentWorkFlowConfig | None) -> Message:
         """The old clients' way: wait for the answer. Nobody can answer a human-input prompt here,
-        so such prompts get no input, as in AutoGen's NEVER mode."""
+        so such prompts get no input, as in AutoGen's NEVER mode. Whatever ended the run (its
+        worker, a cancel, a shutdown) decides the outcome: an answer, or the failure raised."""
         live = self.submit(message, flow, interactive=False)
-        live.done.wait()
+        with live.changed:
+            while not live.concluded:
+                live.changed.wait()
+        self._writer.flush()  # the run's events are stored before its answer is returned
+        if live.reply is not None:
+            return live.reply
         if live.error is not None:
             raise live.error
-        assert live.reply is not None
-        return live.reply
+        raise RunFailed("the run ended without an answer", live.run_id, live.prepared.message)
 
     def _work(self, live: LiveRun) -> None:
         try:
-            if live.control.finished:  # cancelled while queued
+            if live.concluded:  # cancelled while queued
                 return
             self._set_status(live, "running")
             observer = RunObserver(
@@ -101,19 +129,17 @@ class RunManager:
                 reply = self._chat.execute(live.prepared, observer, live.control)
             except RunFailed as exc:
                 if live.control.reply is not None:  # cancelled meanwhile: that answer stands
-                    self._conclude(live, live.control.reply)
+                    self._conclude(live, reply=live.control.reply)
                 else:
-                    live.error = exc
-                    self._emit(live, "error", {"message": str(exc)})
-                    self._set_status(live, "failed")
+                    self._conclude(live, error=exc)
                 return
-            self._conclude(live, reply)
+            self._conclude(live, reply=reply)
         except Exception:  # never leave a run hanging: record it as failed
             log.exception("run %s failed unexpectedly", live.run_id)
-            if live.reply is None and live.error is None:
-                live.error = RunFailed("the run failed unexpectedly", live.run_id, live.prepared.message)
-                self._set_status(live, "failed")
+            self._fail_unexpectedly(live)
         finally:
+            if not live.concluded:  # a conclusion that itself failed: still end the run
+                self._fail_unexpectedly(live)
             self._writer.flush()  # everything the run said is stored before it counts as done
             live.done.set()
             with live.changed:
@@ -121,49 +147,107 @@ class RunManager:
             with self._lock:
                 self._live.pop(live.run_id, None)
 
-    def _conclude(self, live: LiveRun, reply: Message) -> None:
-        """Announce the answer once, whether the worker or a cancel gets here first."""
+    def _fail_unexpectedly(self, live: LiveRun) -> None:
+        error = RunFailed("the run failed unexpectedly", live.run_id, live.prepared.message)
+        control = live.control
+        try:
+            with control.lock:
+                if not control.finished:
+                    control.finished = True
+                    self._repo.finish_run(live.run_id, "failed", None, str(error))
+        except Exception:
+            log.exception("could not store run %s as failed", live.run_id)
+        if control.reply is not None:
+            self._conclude(live, reply=control.reply)
+        else:
+            self._conclude(live, error=error)
+
+    def _conclude(self, live: LiveRun, reply: Message | None = None, error: RunFailed | None = None) -> bool:
+        """Announce the outcome once, whoever gets here first (the worker, a cancel, a shutdown):
+        the answer (`final`) or the failure (`error`), then the terminal status, then nothing."""
         with live.changed:
-            if live.reply is not None:
-                return
-            live.reply = reply
-            status = (reply.metadata or {}).get("status", "completed")
-            self._emit(live, "final", {"message": reply.model_dump(mode="json")})
-            self._set_status(live, status)
+            if live.concluded:
+                return False
+            live.reply, live.error = reply, error
+            if reply is not None:
+                status = (reply.metadata or {}).get("status", "completed")
+                self._append(live, "final", {"message": reply.model_dump(mode="json")})
+            else:
+                status = "failed"
+                self._append(live, "error", {"message": str(error)})
+            live.status = status
+            live.input_prompt = live.prompt_id = None
+            self._append(live, "status", {"status": status})
+            live.concluded = True
+            return True
 
     # controlling -------------------------------------------------------------------------------
 
     def cancel(self, run_id: str) -> dict[str, Any]:
         live = self._live_run(run_id)
-        if live is not None and live.status not in TERMINAL:
-            live.answers.put(None)  # wake a run waiting for a human
+        if live is not None and not live.concluded:
             reply = self._chat.cancel(live.prepared, live.control)
             if reply is not None:
-                self._conclude(live, reply)
-            live.done.set()
+                self._conclude(live, reply=reply)
+            # else the worker's failure was stored first; the worker announces it
+            with live.changed:
+                live.changed.notify_all()  # wake a run waiting for a human
         return self.describe(run_id)
 
-    def provide_input(self, run_id: str, text: str) -> dict[str, Any]:
+    def provide_input(self, run_id: str, text: str, prompt_id: str | None = None) -> dict[str, Any]:
+        """Answer the prompt the run is waiting on now. `prompt_id`, when given, must be that
+        prompt's: an answer to a prompt that timed out or was already answered is refused (409)
+        rather than taken as the answer to a later question."""
         live = self._live_run(run_id)
-        if live is None or live.status != "awaiting_input":
-            raise WrongState(f"run {run_id} is not waiting for input")
-        live.answers.put(text)
+        if live is None:
+            if self._repo.get_run(run_id) is None:
+                raise NotFound(f"run {run_id} not found")
+            raise WrongState(f"run {run_id} is not waiting for input: it has ended")
+        with live.changed:
+            if live.concluded or live.prompt_id is None:
+                raise WrongState(f"run {run_id} is not waiting for input (status: {live.status})")
+            if prompt_id is not None and prompt_id != live.prompt_id:
+                raise WrongState(
+                    f"prompt {prompt_id} of run {run_id} is no longer waiting for input (answered or "
+                    f"timed out); the run is waiting on prompt {live.prompt_id}"
+                )
+            live.answer = text
+            live.prompt_id = live.input_prompt = None
+            self._change_status(live, "running")  # a second POST now finds nothing to answer
         return self.describe(run_id)
 
     def _ask_human(self, live: LiveRun, prompt: str) -> str:
-        if not live.interactive or live.control.finished:
+        """Ask the run's client and wait for its answer; "" when nobody answers in time (the
+        run's iostream then does what AutoGen's NEVER mode would)."""
+        if not live.interactive:
             return ""
-        live.input_prompt = prompt
-        self._set_status(live, "awaiting_input")
-        self._emit(live, "input_request", {"prompt": prompt, "agent": _asking_agent(prompt)})
-        try:
-            answer = live.answers.get(timeout=self._settings.input_timeout_s)
-        except queue.Empty:
-            answer = ""
-        live.input_prompt = None
-        if not live.control.finished:
-            self._set_status(live, "running")
+        deadline = time.monotonic() + self._settings.input_timeout_s
+        with live.changed:
+            if self._stopping(live):
+                return ""
+            prompt_id = uuid.uuid4().hex
+            live.prompt_id, live.input_prompt, live.answer = prompt_id, prompt, None
+            self._change_status(live, "awaiting_input")
+            self._append(
+                live,
+                "input_request",
+                {"prompt": prompt, "agent": _asking_agent(prompt), "prompt_id": prompt_id},
+            )
+            while live.answer is None and not self._stopping(live):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                live.changed.wait(remaining)
+            answer, live.answer = live.answer, None
+            if live.prompt_id == prompt_id:  # unanswered: this prompt expires now
+                live.prompt_id = live.input_prompt = None
+                if not self._stopping(live):
+                    self._append(live, "input_timeout", {"prompt_id": prompt_id})
+                    self._change_status(live, "running")
         return answer or ""
+
+    def _stopping(self, live: LiveRun) -> bool:
+        return live.concluded or live.control.finished or self._closing
 
     # watching ----------------------------------------------------------------------------------
 
@@ -172,12 +256,14 @@ class RunManager:
         if stored is None:
             raise NotFound(f"run {run_id} not found")
         live = self._live_run(run_id)
+        stored["input_prompt"] = stored["input_prompt_id"] = None
         if live is not None:
-            stored["status"] = live.status
+            with live.changed:
+                stored["status"] = live.status
+                stored["input_prompt"], stored["input_prompt_id"] = live.input_prompt, live.prompt_id
             recorder = live.control.recorder
             if recorder is not None and stored["usage"] is None:
                 stored["usage"] = recorder.summary()
-        stored["input_prompt"] = live.input_prompt if live is not None else None
         if stored["usage"] is None:
             stored["usage"] = summarize([LLMCall.from_row(r) for r in self._repo.llm_calls(run_id)])
         for key in ("started_at", "ended_at"):
@@ -195,16 +281,17 @@ class RunManager:
         return iter(self._repo.events_after(run_id, after, limit=1_000_000))
 
     def _follow(self, live: LiveRun, after: int) -> Iterator[tuple[int, str, dict[str, Any]] | None]:
-        """A live run's events come from memory: listeners never wait for the database."""
+        """A live run's events come from memory: listeners never wait for the database. The
+        stream ends with the terminal status, after which a run emits nothing."""
         last = after
         while True:
             with live.changed:
                 fresh = live.events[last:] if last < len(live.events) else []
-                finished = live.done.is_set()
+                finished = live.concluded
                 if not fresh and not finished:
                     live.changed.wait(timeout=self._settings.heartbeat_s)
                     fresh = live.events[last:]
-                    finished = live.done.is_set()
+                    finished = live.concluded
             for event in fresh:
                 last = event[0]
                 yield event
@@ -229,9 +316,7 @@ class RunManager:
             usage = summarize(calls)
             user_msg = self._repo.get_message(run["user_msg_id"])
             last = next((m["content"] for m in reversed(said) if m.get("content")), "")
-            content = (
-                last + "\n\n" if last else ""
-            ) + "[autobots: the run was interrupted by a server restart]"
+            content = (last + "\n\n" if last else "") + INTERRUPTED_NOTE
             ended = datetime.now(UTC)
             reply = Message(
                 user_id=run["user_id"],
@@ -256,19 +341,41 @@ class RunManager:
             self._repo.finish_run(
                 run["run_id"], "interrupted", usage, "the server restarted during the run", reply
             )
-            seq = self._repo.last_event_seq(run["run_id"])
+            # Past any id a listener may have seen but the database never got (see SEQ_SLACK).
+            seq = self._repo.last_event_seq(run["run_id"]) + SEQ_SLACK
             self._repo.add_event(run["run_id"], seq + 1, "final", {"message": reply.model_dump(mode="json")})
             self._repo.add_event(run["run_id"], seq + 2, "status", {"status": "interrupted"})
             count += 1
         return count
 
     def shutdown(self) -> None:
+        """The server is stopping: end every live run now as interrupted (what was said is
+        stored with it), so none keeps the process alive waiting for a human or the pool."""
+        self._closing = True
         with self._lock:
             lives = list(self._live.values())
-        for live in lives:
-            live.answers.put(None)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        for live in lives:
+            try:
+                self._interrupt(live)
+            except Exception:  # the next start's recover() marks it interrupted instead
+                log.exception("could not mark run %s interrupted at shutdown", live.run_id)
         self._writer.flush()
+
+    def _interrupt(self, live: LiveRun) -> None:
+        if live.concluded:
+            return
+        control = live.control
+        transcript = control.transcript
+        said = [m.content for m in transcript.messages if m.content] if transcript is not None else []
+        note = "[autobots: the run was interrupted: the server stopped]"
+        outcome = WorkflowOutcome((said[-1] + "\n\n" if said else "") + note)
+        # Stored before the worker is stopped, so the worker's own finish finds it and keeps it.
+        reply = self._chat.finish(live.prepared, control, outcome, "interrupted")
+        control.cancel()
+        self._conclude(live, reply=reply)
+        with live.changed:
+            live.changed.notify_all()
 
     # internals ---------------------------------------------------------------------------------
 
@@ -277,19 +384,34 @@ class RunManager:
             return self._live.get(run_id)
 
     def _set_status(self, live: LiveRun, status: str) -> None:
-        if live.status in TERMINAL or live.status == status:
+        """A non-terminal status; never after the run concluded (terminal ones: `_conclude`)."""
+        with live.changed:
+            self._change_status(live, status)
+
+    def _change_status(self, live: LiveRun, status: str) -> None:
+        # Called with live.changed held: the check and the change are one step.
+        if live.concluded or live.status == status:
             return
         live.status = status
-        if status not in TERMINAL:
-            self._repo.set_run_status(live.run_id, status)
-        self._emit(live, "status", {"status": status})
+        self._repo.set_run_status(live.run_id, status)
+        self._append(live, "status", {"status": status})
 
     def _emit(self, live: LiveRun, kind: str, data: dict[str, Any]) -> None:
+        """An event from the run; dropped once the run concluded (a late call's report)."""
         with live.changed:
-            live.seq += 1
-            live.events.append((live.seq, kind, data))
-            self._writer.put_event(live.run_id, live.seq, kind, data)
-            live.changed.notify_all()
+            if not live.concluded:
+                self._append(live, kind, data)
+
+    def _append(self, live: LiveRun, kind: str, data: dict[str, Any]) -> None:
+        # Called with live.changed held. The writer never takes a run's lock, so waiting for it
+        # here cannot deadlock; it happens once per SEQ_SLACK events at most.
+        if live.seq - live.flushed_seq >= SEQ_SLACK:
+            self._writer.flush()
+            live.flushed_seq = live.seq
+        live.seq += 1
+        live.events.append((live.seq, kind, data))
+        self._writer.put_event(live.run_id, live.seq, kind, data)
+        live.changed.notify_all()
 
 
 class WrongState(ValueError):
@@ -320,4 +442,4 @@ def _call_event(call: LLMCall) -> dict[str, Any]:
     }
 
 
-__all__ = ["HEARTBEAT", "TERMINAL", "LiveRun", "RunManager", "WrongState"]
+__all__ = ["HEARTBEAT", "SEQ_SLACK", "TERMINAL", "LiveRun", "RunManager", "WrongState"]

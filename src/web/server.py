@@ -35,6 +35,7 @@ class GunicornServer(BaseApplication):
             "loglevel": "info",
             # Query strings are logged; request bodies (where keys would be) never are.
             "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(M)sms',
+            "worker_exit": _stop_runs,
         }
         for key, value in options.items():
             self.cfg.set(key, value)
@@ -43,6 +44,15 @@ class GunicornServer(BaseApplication):
         from autobots.web.app import create_app
 
         return create_app(self._settings)
+
+
+def _stop_runs(_arbiter: Any, worker: Any) -> None:
+    """End live runs as interrupted before the worker exits: a run waiting for a human (or
+    queued) would otherwise hold the interpreter open until the master's SIGKILL."""
+    app = getattr(worker, "wsgi", None)
+    services = getattr(app, "extensions", {}).get("autobots")
+    if services is not None:
+        services.runs.shutdown()
 
 
 def serve(settings: Settings) -> None:

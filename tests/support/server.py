@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -39,13 +40,24 @@ class RunningServer:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
+        """SIGTERM, as a service manager stops it; the whole group is killed if it lingers."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                self.kill()
+                return
+        self._kill_group()  # nothing of the server (a stray worker) outlives the test
+
+    def kill(self) -> None:
+        """SIGKILL to gunicorn's master and its worker at once: a crash, no goodbye."""
+        self._kill_group()
+        self.process.wait()
+
+    def _kill_group(self) -> None:
+        with contextlib.suppress(ProcessLookupError):  # the group is already gone
+            os.killpg(self.process.pid, signal.SIGKILL)
 
 
 def start_server(
@@ -65,7 +77,10 @@ def start_server(
         full_env["AUTOBOTS_CONFIG"] = str(config)
     cmd = [sys.executable, "-m", "autobots", "serve", "--host", "127.0.0.1", "--port", str(port)]
     log = log_path.open("wb")
-    proc = subprocess.Popen(cmd, cwd=workdir, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    # Its own process group, so that kill() takes the worker down with the master.
+    proc = subprocess.Popen(
+        cmd, cwd=workdir, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     server = RunningServer(f"http://127.0.0.1:{port}", db_path, log_path, proc)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -49,8 +49,10 @@ def cancel_run(path: RunPath) -> tuple[Response, int]:
 
 @bp.post("/runs/<run_id>/input", responses={200: RunResponse, **ERRORS})
 def answer_run(path: RunPath, body: RunInputRequest) -> tuple[Response, int]:
-    """Answer the agent that asked a human (an empty text means no input)."""
-    return envelope(True, "input received", data=services().runs.provide_input(path.run_id, body.text))
+    """Answer the prompt the run waits on (an empty text means no input, as in NEVER mode).
+    With `prompt_id`, an answer to a prompt that expired or was answered is refused (409)."""
+    data = services().runs.provide_input(path.run_id, body.text, body.prompt_id)
+    return envelope(True, "input received", data=data)
 
 
 @bp.get("/runs/<run_id>/events", doc_ui=True)
