@@ -2,16 +2,43 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 import requests
 
+from autobots.services.runs import SEQ_SLACK
+from autobots.settings import default_config_path
 from tests.conftest import SERVER_KEY
 from tests.support import workflows as wf
 from tests.support.scripted_llm import Reply
-from tests.support.server import start_server
+from tests.support.server import RunningServer, start_server
 from tests.support.sse import read_events
+
+INPUT_TIMEOUT_S = 2.0
+
+
+def write_config(workdir: Path, **runs: float) -> Path:
+    config = json.loads(Path(default_config_path()).read_text())
+    config["runs"].update(runs)
+    path = workdir / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_server(llm_server, tmp_path_factory) -> Iterator[RunningServer]:
+    """One run at a time, and humans get INPUT_TIMEOUT_S to answer."""
+    workdir = tmp_path_factory.mktemp("small")
+    config = write_config(workdir, pool_size=1, input_timeout_s=INPUT_TIMEOUT_S)
+    env = {"OPENAI_API_KEY": SERVER_KEY, "OPENAI_BASE_URL": llm_server.base_url}
+    srv = start_server(workdir, env=env, config=config)
+    yield srv
+    srv.stop()
 
 
 def start(server, user_id, content, flow, session_id=None):
@@ -163,6 +190,8 @@ def test_unknown_run_is_404(server):
     assert server.get("/api/runs/nope").status_code == 404
     assert server.get("/api/runs/nope/events").status_code == 404
     assert server.post("/api/runs/nope/cancel").status_code == 404
+    r = server.post("/api/runs/nope/input", {"text": "hello"})
+    assert r.status_code == 404 and "not found" in r.json()["message"]
 
 
 def test_bad_run_request_is_400_and_stores_nothing(server, user_id):
@@ -204,15 +233,16 @@ def test_restart_marks_runs_in_flight_interrupted_and_keeps_what_was_said(llm, t
     flow = wf.autonomous(
         wf.assistant(max_consecutive_auto_reply=50), sender=wf.userproxy(max_consecutive_auto_reply=50)
     )
+    seen = []
     try:
         run = start(first, user_id, "think hard", flow)
         for event in read_events(f"{first.url}/api/runs/{run['run_id']}/events"):
+            seen.append(event)
             if event.type == "message" and event.data["sender"] == "primary_assistant":
                 break
         time.sleep(0.3)
     finally:
-        first.process.kill()  # no goodbye: the process dies mid-run
-        first.process.wait()
+        first.kill()  # no goodbye: master and worker die mid-run
     second = start_server(tmp_path, env=env)
     try:
         info = second.get(f"/api/runs/{run['run_id']}").json()["data"]
@@ -225,6 +255,47 @@ def test_restart_marks_runs_in_flight_interrupted_and_keeps_what_was_said(llm, t
         assert msgs[1]["metadata"]["usage"]["llm_calls"] >= 1
         events = all_events(second, run["run_id"])
         assert events[-1].data == {"status": "interrupted"}
+        # A client reconnecting with the last id it saw gets the ending, numbered past any id
+        # the dead server may have sent but not stored.
+        resumed = all_events(second, run["run_id"], after=seen[-1].id)
+        assert [e.type for e in resumed][-2:] == ["final", "status"]
+        stored_before = max(e.id for e in seen + resumed[:-2])
+        assert resumed[-2].id == stored_before + SEQ_SLACK + 1
+        assert resumed[-2].data["message"]["msg_id"] == msgs[1]["msg_id"]
+        # Nothing of the first server is left running: its worker died with it.
+        served = len(llm.served)
+        time.sleep(0.5)
+        assert len(llm.served) == served
+    finally:
+        second.stop()
+
+
+def test_sigterm_ends_runs_waiting_for_a_human_as_interrupted(llm, tmp_path, user_id):
+    env = {"OPENAI_API_KEY": SERVER_KEY, "OPENAI_BASE_URL": llm.base_url}
+    llm.queue("Which city?")
+    first = start_server(tmp_path, env=env)
+    flow = wf.autonomous(wf.assistant(), sender=wf.userproxy(human_input_mode="ALWAYS"))
+    try:
+        run = start(first, user_id, "Plan a trip", flow)
+        wait_status(first, run["run_id"], {"awaiting_input"})
+        t0 = time.monotonic()
+        first.stop()  # SIGTERM, as a service manager stops it
+        # The worker did not sit out gunicorn's graceful timeout waiting for the human.
+        assert "SIGKILL" not in first.log() and time.monotonic() - t0 < 8
+    finally:
+        first.kill()
+    second = start_server(tmp_path, env=env)
+    try:
+        info = second.get(f"/api/runs/{run['run_id']}").json()["data"]
+        assert info["status"] == "interrupted"
+        msgs = second.get("/api/messages", user_id=user_id, session_id=run["session_id"]).json()["data"]
+        assert [m["role"] for m in msgs] == ["user", "assistant"]
+        assert "Which city?" in msgs[1]["content"] and "interrupted" in msgs[1]["content"]
+        events = all_events(second, run["run_id"])
+        assert [e.type for e in events][-2:] == ["final", "status"]
+        assert events[-1].data == {"status": "interrupted"}
+        assert [e.id for e in events] == list(range(1, len(events) + 1))  # ended cleanly, no gap
+        assert len(llm.served) == 1
     finally:
         second.stop()
 
@@ -250,3 +321,206 @@ def test_many_concurrent_runs_all_complete(server, llm, user_id):
     assert time.monotonic() - t0 < 5  # they ran side by side, not one after another
     assert llm.max_in_flight > 5
     assert requests.get(server.url + "/api/health", timeout=5).status_code == 200
+
+
+def test_a_late_call_after_cancel_adds_nothing_after_the_cancelled_status(server, llm, user_id):
+    llm.responder = lambda body: Reply("Working.", delay=0.1 if len(body["messages"]) < 4 else 1.5)
+    flow = wf.autonomous(
+        wf.assistant(max_consecutive_auto_reply=50), sender=wf.userproxy(max_consecutive_auto_reply=50)
+    )
+    run = start(server, user_id, "work", flow)
+    url = f"{server.url}/api/runs/{run['run_id']}/events"
+    live = []
+    for event in read_events(url):
+        live.append(event)
+        if event.type == "message" and event.data["sender"] == "primary_assistant":
+            break
+    time.sleep(0.3)  # the second call (1.5 s) is pending
+    server.post(f"/api/runs/{run['run_id']}/cancel")
+    # A listener still connected gets the ending and its stream closes at the terminal status,
+    # though the worker is still waiting for the LLM.
+    rest = list(read_events(url, last_event_id=live[-1].id, timeout=10))
+    assert rest[-1].data == {"status": "cancelled"}
+    deadline = time.monotonic() + 10
+    while len(llm.served) < 2 and time.monotonic() < deadline:  # the pending call returns
+        time.sleep(0.05)
+    time.sleep(0.5)
+    events = all_events(server, run["run_id"])
+    kinds = [e.type for e in events]
+    assert kinds[-2:] == ["final", "status"] and events[-1].data == {"status": "cancelled"}
+    assert [e.data["status"] for e in events if e.type == "status"] == ["queued", "running", "cancelled"]
+    assert kinds.count("llm_call") == 1  # the late call is not reported after the end
+    assert server.get(f"/api/runs/{run['run_id']}").json()["data"]["status"] == "cancelled"
+
+
+def test_prompts_have_ids_and_a_second_answer_is_refused(server, llm, user_id):
+    llm.queue("Which city?", "Paris it is. TERMINATE")
+    flow = wf.autonomous(wf.assistant(), sender=wf.userproxy(human_input_mode="ALWAYS"))
+    run = start(server, user_id, "Plan a trip", flow)
+    info = wait_status(server, run["run_id"], {"awaiting_input"})
+    prompt_id = info["input_prompt_id"]
+    assert prompt_id and "Provide feedback to primary_assistant" in info["input_prompt"]
+    url = f"{server.url}/api/runs/{run['run_id']}/input"
+    wrong = server.post(f"/api/runs/{run['run_id']}/input", {"text": "Rome", "prompt_id": "not-it"})
+    assert wrong.status_code == 409 and "no longer waiting" in wrong.json()["message"]
+    first = requests.post(url, json={"text": "Paris", "prompt_id": prompt_id}, timeout=10)
+    again = requests.post(url, json={"text": "Paris", "prompt_id": prompt_id}, timeout=10)
+    assert first.status_code == 200 and again.status_code == 409
+    nxt = wait_status(server, run["run_id"], {"awaiting_input"})
+    assert nxt["input_prompt_id"] not in (None, prompt_id)
+    # An answer meant for the first prompt is not taken as the answer to the second.
+    late = server.post(f"/api/runs/{run['run_id']}/input", {"text": "Rome", "prompt_id": prompt_id})
+    assert late.status_code == 409
+    server.post(f"/api/runs/{run['run_id']}/input", {"text": "", "prompt_id": nxt["input_prompt_id"]})
+    wait_status(server, run["run_id"], {"completed"})
+    events = all_events(server, run["run_id"])
+    asked = [e.data["prompt_id"] for e in events if e.type == "input_request"]
+    assert asked == [prompt_id, nxt["input_prompt_id"]]
+    said = [(e.data["sender"], e.data["content"]) for e in events if e.type == "message"]
+    assert ("userproxy", "Paris") in said and ("userproxy", "Rome") not in said
+    assert len(llm.served) == 2
+
+
+def test_always_mode_with_no_human_stops_as_never_would(server, llm, user_id):
+    """NEVER with max_consecutive_auto_reply=1: one auto-reply, then the chat ends (2 calls).
+    ALWAYS with nobody to answer (the blocking endpoint) must do the same."""
+    llm.responder = lambda body: "Still thinking."
+    flow = wf.autonomous(
+        wf.assistant(),
+        sender=wf.userproxy(human_input_mode="ALWAYS", max_consecutive_auto_reply=1, default_auto_reply="go"),
+    )
+    r = server.post("/api/messages", {"message": wf.message(user_id, "Think"), "flow_config": flow})
+    assert r.status_code == 200, r.text
+    assert len(llm.served) == 2
+    said = r.json()["data"]["metadata"]["messages"]
+    assert [(m["sender"], m["content"]) for m in said] == [
+        ("userproxy", "Think"),
+        ("primary_assistant", "Still thinking."),
+        ("userproxy", "go"),
+        ("primary_assistant", "Still thinking."),
+    ]
+
+
+def test_an_empty_answer_acts_as_never(server, llm, user_id):
+    llm.responder = lambda body: "Still thinking."
+    flow = wf.autonomous(
+        wf.assistant(),
+        sender=wf.userproxy(human_input_mode="ALWAYS", max_consecutive_auto_reply=1, default_auto_reply="go"),
+    )
+    run = start(server, user_id, "Think", flow)
+    for _ in range(2):
+        info = wait_status(server, run["run_id"], {"awaiting_input"})
+        r = server.post(
+            f"/api/runs/{run['run_id']}/input", {"text": "", "prompt_id": info["input_prompt_id"]}
+        )
+        assert r.status_code == 200
+    info = wait_status(server, run["run_id"], {"completed"})
+    assert len(llm.served) == 2
+    events = all_events(server, run["run_id"])
+    assert sum(e.type == "input_request" for e in events) == 2
+    said = [(e.data["sender"], e.data["content"]) for e in events if e.type == "message"]
+    assert said[-2:] == [("userproxy", "go"), ("primary_assistant", "Still thinking.")]
+
+
+def test_an_unanswered_prompt_times_out_and_the_run_goes_on_as_never(small_server, llm, user_id):
+    llm.responder = lambda body: "Still thinking."
+    flow = wf.autonomous(
+        wf.assistant(),
+        sender=wf.userproxy(human_input_mode="ALWAYS", max_consecutive_auto_reply=1, default_auto_reply="go"),
+    )
+    run = start(small_server, user_id, "Think", flow)
+    first = wait_status(small_server, run["run_id"], {"awaiting_input"})
+    events = all_events(small_server, run["run_id"])  # follows the run to its end
+    assert events[-1].data == {"status": "completed"}
+    assert len(llm.served) == 2
+    statuses = [e.data["status"] for e in events if e.type == "status"]
+    assert statuses == [
+        "queued",
+        "running",
+        "awaiting_input",
+        "running",
+        "awaiting_input",
+        "running",
+        "completed",
+    ]
+    asked = [e.data["prompt_id"] for e in events if e.type == "input_request"]
+    expired = [e.data["prompt_id"] for e in events if e.type == "input_timeout"]
+    assert asked == expired and asked[0] == first["input_prompt_id"]
+    # Too late: the prompt expired.
+    r = small_server.post(f"/api/runs/{run['run_id']}/input", {"text": "late", "prompt_id": asked[0]})
+    assert r.status_code == 409
+
+
+def test_terminate_mode_pauses_at_the_auto_reply_limit_and_takes_the_answer(server, llm, user_id):
+    llm.queue("Draft one.", "Draft two.", "Short. TERMINATE")
+    flow = wf.autonomous(
+        wf.assistant(),
+        sender=wf.userproxy(
+            human_input_mode="TERMINATE", max_consecutive_auto_reply=1, default_auto_reply="go"
+        ),
+    )
+    run = start(server, user_id, "Write", flow)
+    info = wait_status(server, run["run_id"], {"awaiting_input"})
+    assert "Please give feedback to primary_assistant" in info["input_prompt"]
+    assert len(llm.served) == 2  # one auto-reply, then it asks
+    server.post(
+        f"/api/runs/{run['run_id']}/input", {"text": "Make it shorter", "prompt_id": info["input_prompt_id"]}
+    )
+    # The termination message asks again; no answer ends the chat.
+    again = wait_status(server, run["run_id"], {"awaiting_input"})
+    server.post(f"/api/runs/{run['run_id']}/input", {"text": "", "prompt_id": again["input_prompt_id"]})
+    done = wait_status(server, run["run_id"], {"completed"})
+    assert llm.served[2].body["messages"][-1]["content"] == "Make it shorter"
+    msgs = server.get("/api/messages", user_id=user_id, session_id=run["session_id"]).json()["data"]
+    assert msgs[-1]["content"] == "Short." and done["usage"]["llm_calls"] == 3
+
+
+def test_terminate_mode_with_no_answer_at_the_limit_stops_as_never(server, llm, user_id):
+    llm.responder = lambda body: "Draft."
+    flow = wf.autonomous(
+        wf.assistant(),
+        sender=wf.userproxy(
+            human_input_mode="TERMINATE", max_consecutive_auto_reply=1, default_auto_reply="go"
+        ),
+    )
+    run = start(server, user_id, "Write", flow)
+    info = wait_status(server, run["run_id"], {"awaiting_input"})
+    server.post(f"/api/runs/{run['run_id']}/input", {"text": "", "prompt_id": info["input_prompt_id"]})
+    wait_status(server, run["run_id"], {"completed"})
+    assert len(llm.served) == 2
+
+
+def test_cancel_while_waiting_for_a_human(server, llm, user_id):
+    llm.queue("Which city?")
+    flow = wf.autonomous(wf.assistant(), sender=wf.userproxy(human_input_mode="ALWAYS"))
+    run = start(server, user_id, "Plan a trip", flow)
+    wait_status(server, run["run_id"], {"awaiting_input"})
+    r = server.post(f"/api/runs/{run['run_id']}/cancel")
+    assert r.status_code == 200 and r.json()["data"]["status"] == "cancelled"
+    assert r.json()["data"]["input_prompt"] is None
+    events = all_events(server, run["run_id"])
+    assert events[-1].data == {"status": "cancelled"}
+    assert server.post(f"/api/runs/{run['run_id']}/input", {"text": "Paris"}).status_code == 409
+    msgs = server.get("/api/messages", user_id=user_id, session_id=run["session_id"]).json()["data"]
+    assert "Which city?" in msgs[-1]["content"] and msgs[-1]["metadata"]["status"] == "cancelled"
+    time.sleep(0.3)
+    assert len(llm.served) == 1  # the woken worker asks the LLM nothing more
+
+
+def test_a_run_waits_queued_for_a_free_worker_and_can_be_cancelled_there(small_server, llm, user_id):
+    llm.responder = lambda body: Reply("Slow answer. TERMINATE", delay=1.5)
+    busy = start(small_server, user_id, "slow", wf.autonomous(wf.assistant()))
+    wait_status(small_server, busy["run_id"], {"running"})
+    waiting = start(small_server, user_id, "next", wf.autonomous(wf.assistant()))
+    third = start(small_server, user_id, "after", wf.autonomous(wf.assistant()))
+    assert small_server.get(f"/api/runs/{waiting['run_id']}").json()["data"]["status"] == "queued"
+    r = small_server.post(f"/api/runs/{waiting['run_id']}/cancel")
+    assert r.json()["data"]["status"] == "cancelled"
+    events = all_events(small_server, waiting["run_id"])
+    assert [e.data["status"] for e in events if e.type == "status"] == ["queued", "cancelled"]
+    msgs = small_server.get("/api/messages", user_id=user_id, session_id=waiting["session_id"]).json()["data"]
+    assert [m["role"] for m in msgs] == ["user", "assistant"] and "cancelled" in msgs[1]["content"]
+    assert wait_status(small_server, busy["run_id"], {"completed"})["usage"]["llm_calls"] == 1
+    assert wait_status(small_server, third["run_id"], {"completed"})["usage"]["llm_calls"] == 1
+    assert len(llm.served) == 2  # the cancelled run never called the LLM
+    assert small_server.get(f"/api/runs/{waiting['run_id']}").json()["data"]["status"] == "cancelled"
