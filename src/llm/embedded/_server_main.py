@@ -31,7 +31,17 @@ entry point are wrong for a server shared by several AutoGen agents and processe
 8. It runs until killed; here a watchdog stops it when no registered client process is
    alive (after ``linger_s``), so a crashed or SIGKILLed autobots never leaves an orphan.
 9. A lock-free ``/autobots/health`` lets clients check identity and liveness while a long
-   generation holds the model lock (``/v1/models`` waits for that lock).
+   generation holds the model lock (``/v1/models`` waits for that lock).  It also reports
+   each loaded model's counters (generations, cancelled ones, prompt tokens received vs
+   actually evaluated, tokens generated), so the prompt cache and cancellation can be
+   observed from outside.
+10. A client that goes away (closed stream, timed-out or cancelled call) stops its
+   generation within one token or one prompt batch, streaming or not; the stock server
+   keeps generating to ``max_tokens`` while holding the model lock every other request
+   queues on.
+11. Models are loaded on first use, and only from a file of the expected size: the parent
+   prepares (assembles, verifies) each model's weights when it is first asked for, so
+   offering a model costs nothing until somebody uses it.
 """
 
 import argparse
@@ -119,33 +129,91 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+class GenerationCancelled(Exception):
+    """The client of a generation went away while its prompt was being read."""
+
+
 def _make_llama_class() -> type:
-    """A ``Llama`` that remembers the token counts of its last generation.
+    """A ``Llama`` that counts what it does and can be stopped from another thread.
 
     ``_create_completion`` reports usage only on its non-streaming path; both paths drive
     ``generate`` with the full prompt token list and stop at the first end-of-generation
     token without appending it, so counting here matches the non-streaming figures exactly.
+
+    ``cancel`` is set by the request handler for the duration of one generation (requests
+    run one at a time under llama_cpp.server's lock, so one attribute suffices): once the
+    event is set, generation ends after the current token, and prompt reading stops before
+    the next ``n_batch`` tokens (``GenerationCancelled``).  llama.cpp cannot be interrupted
+    inside a batch, so that is the finest grain there is.
     """
     import llama_cpp
 
     class MeteredLlama(llama_cpp.Llama):  # type: ignore[misc]
         last_usage: tuple[int, int] = (0, 0)
+        cancel: threading.Event | None = None
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # Counters since load, read by /autobots/health; plain ints, written by the one
+            # generating thread.  "prompt_tokens" is what requests sent, "prompt_tokens_evaluated"
+            # what llama.cpp actually had to read after the prefix/prompt-cache reuse.
+            self.stats = {
+                "generations": 0,
+                "cancelled": 0,
+                "prompt_tokens": 0,
+                "prompt_tokens_evaluated": 0,
+                "completion_tokens": 0,
+            }
+            self._reading_prompt = False
+
+        def _cancelled(self) -> bool:
+            return self.cancel is not None and self.cancel.is_set()
+
+        def eval(self, tokens: Any) -> None:
+            # Fed one batch at a time (exactly what the stock eval does in its own loop), so a
+            # long prompt whose client left stops within one batch, not after the whole prompt.
+            if len(tokens) == 0:
+                super().eval(tokens)  # keeps the stock side effect (trims the KV cache)
+                return
+            step = max(1, int(self.n_batch))
+            for i in range(0, len(tokens), step):
+                if self._reading_prompt and self._cancelled():
+                    self.stats["cancelled"] += 1
+                    raise GenerationCancelled("the client went away")
+                batch = tokens[i : i + step]
+                super().eval(batch)
+                if self._reading_prompt:
+                    self.stats["prompt_tokens_evaluated"] += len(batch)
 
         def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
             prompt_tokens = len(tokens)
             completion_tokens = 0
             self.last_usage = (prompt_tokens, 0)
+            self.stats["generations"] += 1
+            self.stats["prompt_tokens"] += prompt_tokens
             inner = super().generate(tokens, *args, **kwargs)
             sent: Any = None
-            while True:
-                try:
-                    token = inner.send(sent)
-                except StopIteration:
-                    return
-                if not llama_cpp.llama_vocab_is_eog(self._model.vocab, token):
-                    completion_tokens += 1
-                    self.last_usage = (prompt_tokens, completion_tokens)
-                sent = yield token
+            # The first step of the inner generator reads the prompt; later ones one token each.
+            self._reading_prompt = True
+            try:
+                while True:
+                    try:
+                        token = inner.send(sent)
+                    except StopIteration:
+                        return
+                    self._reading_prompt = False
+                    if self._cancelled():
+                        # Ends like a length cut; nobody is left to read the reply.
+                        self.stats["cancelled"] += 1
+                        return
+                    if not llama_cpp.llama_vocab_is_eog(self._model.vocab, token):
+                        completion_tokens += 1
+                        self.stats["completion_tokens"] += 1
+                        self.last_usage = (prompt_tokens, completion_tokens)
+                    sent = yield token
+            finally:
+                self._reading_prompt = False
+                inner.close()
 
         def save_state(self) -> Any:
             """A prompt-cache entry without the stock ``n_batch x n_vocab`` logits copy.
@@ -203,7 +271,27 @@ class ResidentModels:
                 status_code=404,
                 detail=f"Model {alias!r} is not served here; served models: {', '.join(self._specs)}",
             )
+        if alias not in self._loaded:
+            self._check_prepared(self._specs[alias])
         return alias
+
+    @staticmethod
+    def _check_prepared(spec: dict[str, Any]) -> None:
+        """503 unless the model's file is in place: the parent prepares (assembles, verifies)
+        a model's weights when it is first asked for it, so an offered model nobody asked for
+        through autobots yet has no file, or only a partial one, to load."""
+        from fastapi import HTTPException
+
+        try:
+            size = Path(spec["path"]).stat().st_size
+        except OSError:
+            size = -1
+        if size != spec["size"]:
+            raise HTTPException(
+                status_code=503,
+                detail=f"Model {spec['alias']!r} is offered but its weights are not prepared yet; "
+                "ask for it through autobots, which assembles and verifies them first",
+            )
 
     def __iter__(self) -> Iterator[str]:
         return iter(list(self._specs))
@@ -220,6 +308,7 @@ class ResidentModels:
     def _load(self, spec: dict[str, Any]) -> Any:
         import llama_cpp
 
+        self._check_prepared(spec)
         llama = self._llama_class(
             model_path=spec["path"],
             n_ctx=spec["n_ctx"],
@@ -244,7 +333,11 @@ class ResidentModels:
 
     def status(self) -> dict[str, Any]:
         with self._lock:
-            return {"models": list(self._specs), "loaded": dict(self._chat_formats)}
+            return {
+                "models": list(self._specs),
+                "loaded": dict(self._chat_formats),
+                "stats": {alias: dict(llama.stats) for alias, llama in self._loaded.items()},
+            }
 
     def close(self) -> None:
         with self._lock:
@@ -264,7 +357,7 @@ def build_app(config: dict[str, Any], models: ResidentModels) -> Any:
     from llama_cpp.server.types import CreateChatCompletionRequest
     from pydantic import BaseModel
     from sse_starlette.sse import EventSourceResponse
-    from starlette.concurrency import run_in_threadpool
+    from starlette.responses import Response
     from starlette_context.middleware import RawContextMiddleware
     from starlette_context.plugins import RequestIdPlugin
 
@@ -302,6 +395,7 @@ def build_app(config: dict[str, Any], models: ResidentModels) -> Any:
         cancelled = threading.Event()
 
         def produce(llama: Any) -> None:
+            llama.cancel = cancelled
             try:
                 chunks = llama.create_chat_completion(**kwargs)
                 for chunk in _with_usage(chunks, llama) if include_usage else chunks:
@@ -311,6 +405,7 @@ def build_app(config: dict[str, Any], models: ResidentModels) -> Any:
             except Exception as exc:
                 loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
             finally:
+                llama.cancel = None
                 loop.call_soon_threadsafe(queue.put_nowait, ("end", None))
 
         async with contextlib.asynccontextmanager(llama_app.get_llama_proxy)() as proxy, send_chan:
@@ -321,19 +416,70 @@ def build_app(config: dict[str, Any], models: ResidentModels) -> Any:
                     # A worker thread cannot be interrupted; the task group waits for it,
                     # so the model lock is only released once generation has stopped.
                     group.start_soon(anyio.to_thread.run_sync, produce, llama)
-                    while True:
-                        kind, item = await queue.get()
-                        if kind == "chunk":
-                            await send_chan.send({"data": json.dumps(item)})
-                        elif kind == "error":
-                            failed = True
-                            await send_chan.send({"data": json.dumps({"error": _error_body(item)})})
-                        else:
-                            break
-                    if not failed:
-                        await send_chan.send({"data": "[DONE]"})
+                    try:
+                        while True:
+                            kind, item = await queue.get()
+                            if kind == "chunk":
+                                await send_chan.send({"data": json.dumps(item)})
+                            elif kind == "error":
+                                failed = True
+                                await send_chan.send({"data": json.dumps({"error": _error_body(item)})})
+                            else:
+                                break
+                        if not failed:
+                            await send_chan.send({"data": "[DONE]"})
+                    finally:
+                        # Here, inside the task group: when the client goes away this task is
+                        # cancelled, and the group then waits for the worker thread; the flag
+                        # must be up before that wait, or the thread generates to max_tokens
+                        # while holding the model lock every other request queues on.
+                        cancelled.set()
             finally:
-                cancelled.set()  # client went away: stop at the next token
+                cancelled.set()
+
+    async def _complete(request: Request, body: ChatRequest, kwargs: dict[str, Any]) -> Any:
+        """One non-streaming completion that stops as soon as its client disconnects.
+
+        A caller that gave up (its timeout, a cancelled run) would otherwise leave the model
+        generating up to ``max_tokens`` for nobody, while every other request waits for the
+        model lock.  A watcher task waits for the ASGI ``http.disconnect`` (the body has been
+        read, so the next message is exactly that) and then raises the worker's cancel flag
+        and cancels the wait, which also covers a client leaving while still queued.
+        """
+        cancelled = threading.Event()
+        outcome: dict[str, Any] = {}
+
+        def generate(llama: Any) -> Any:
+            llama.cancel = cancelled
+            try:
+                return llama.create_chat_completion(**kwargs)
+            finally:
+                llama.cancel = None
+
+        async def watch_disconnect(scope: anyio.CancelScope) -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            cancelled.set()
+            scope.cancel()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(watch_disconnect, group.cancel_scope)
+            try:
+                async with contextlib.asynccontextmanager(llama_app.get_llama_proxy)() as proxy:
+                    llama = llama_app.prepare_request_resources(body, proxy, body.model, kwargs)
+                    # Not abandoned on cancel: the lock is held until the thread has stopped.
+                    outcome["result"] = await anyio.to_thread.run_sync(generate, llama)
+            except Exception as exc:  # re-raised outside the group, unwrapped, for the route's handler
+                outcome["error"] = exc
+            finally:
+                group.cancel_scope.cancel()
+        error = outcome.get("error")
+        if error is not None and not isinstance(error, GenerationCancelled):
+            raise error
+        if "result" not in outcome:
+            # Nobody is listening; 499 ("client closed request") only shows in logs.
+            return Response(status_code=499)
+        return outcome["result"]
 
     router = APIRouter(route_class=RouteErrorHandler)
 
@@ -359,9 +505,7 @@ def build_app(config: dict[str, Any], models: ResidentModels) -> Any:
                 data_sender_callable=partial(_publish, send_chan, body, kwargs, include_usage),
                 sep="\n",
             )
-        async with contextlib.asynccontextmanager(llama_app.get_llama_proxy)() as proxy:
-            llama = llama_app.prepare_request_resources(body, proxy, body.model, kwargs)
-            return await run_in_threadpool(llama.create_chat_completion, **kwargs)
+        return await _complete(request, body, kwargs)
 
     app = FastAPI(title="autobots embedded models", version=llama_app.llama_cpp.__version__)
     app.add_middleware(RawContextMiddleware, plugins=(RequestIdPlugin(),))

@@ -13,8 +13,14 @@ Design, and why:
   all cores while generating; several autobots processes each loading it would multiply
   the RAM and fight over 2 cores.  A lock file serialises "check or start", and a state
   file tells later processes where the running server is.  They verify it is alive (pid +
-  kernel start time), is the instance recorded (a random id served on a lock-free health
-  route), and serves the requested model; otherwise it is (re)started.
+  kernel start time) and is the instance recorded (a random id served on a lock-free health
+  route); otherwise it is (re)started.
+* **Every installed model is offered from the start, and prepared at first use.**  The
+  server's model list is fixed when it starts, and restarting it would kill other
+  processes' requests in flight; so it lists every enabled model whose weight packages are
+  installed, and a model's weights are assembled and verified (1.1 GB for the default) only
+  when somebody first asks for it, by the process asking.  A model installed after the
+  server started is added by a restart only when no other process is using the server.
 * **Lifetime = its users.**  Each process using the server registers a file named after
   its pid and start time.  ``shutdown()`` (also run at interpreter exit) removes it and
   stops the server when no other live user remains; the server's own watchdog stops it
@@ -52,7 +58,7 @@ from ._locks import atomic_write_text, exclusive_lock
 from .errors import EmbeddedModelError
 from .registry import MODELS, get_spec
 from .settings import EmbeddedSettings
-from .weights import prepare_model_file
+from .weights import model_file_path, prepare_model_file
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +99,10 @@ class _Attachment:
     port: int
     api_key: str
     models: list[str]
+    # Where the server loads each model from, and the weights cache it was started with:
+    # a model is prepared at first use into exactly the file the server will load.
+    paths: dict[str, str] = field(default_factory=dict)
+    cache_dir: Path | None = None
     loaded: set[str] = field(default_factory=set)
     process: subprocess.Popen[bytes] | None = None
 
@@ -192,22 +202,41 @@ def _server_env() -> dict[str, str]:
     return env
 
 
-def _prepare_models(model: str, wanted: list[str], settings: EmbeddedSettings) -> dict[str, Path]:
-    """Verified files for ``wanted``: the requested model must work, others are best effort.
+def _offered_paths(model: str, settings: EmbeddedSettings, cache_dir: Path) -> dict[str, Path]:
+    """The file of every model to offer: ``model`` prepared (verified, assembled) now, the
+    other enabled and installed ones only located, to be prepared when first asked for.
 
     Offering every installed model from the start means a later request for another one
-    does not force a restart of a server that other processes may be using.
+    does not force a restart of a server that other processes may be using; preparing them
+    lazily means asking for the 100 MB model never assembles and hashes the 1.1 GB one.
     """
-    cache_dir = settings.resolved_cache_dir()
     paths: dict[str, Path] = {model: prepare_model_file(get_spec(model), cache_dir)}
-    for alias in wanted:
-        if alias in paths:
+    installed = set(installed_models())
+    for alias in settings.enabled_models():
+        if alias in paths or alias not in installed:
             continue
         try:
-            paths[alias] = prepare_model_file(get_spec(alias), cache_dir)
+            paths[alias] = model_file_path(get_spec(alias), cache_dir)
         except EmbeddedModelError as exc:
             log.info("Embedded model %s not offered: %s", alias, exc)
     return paths
+
+
+def _prepare(attachment: _Attachment, model: str, settings: EmbeddedSettings) -> None:
+    """Assemble/verify ``model``'s weights into the file the running server will load.
+
+    The weights module's own file lock makes concurrent preparers (other processes asking
+    for the same model) build the file once.
+    """
+    cache_dir = attachment.cache_dir or settings.resolved_cache_dir()
+    path = prepare_model_file(get_spec(model), cache_dir)
+    expected = attachment.paths.get(model)
+    if expected is not None and Path(expected) != path:
+        raise EmbeddedModelError(
+            f"The running embedded model server loads {model} from {expected}, but its weights "
+            f"were prepared at {path}; the installed weight packages changed since it started. "
+            "It is replaced once the autobots processes using it stop."
+        )
 
 
 def _check_runtime() -> None:
@@ -222,9 +251,10 @@ def _check_runtime() -> None:
             )
 
 
-def _start_server(model: str, wanted: list[str], settings: EmbeddedSettings, state_dir: Path) -> _Attachment:
+def _start_server(model: str, settings: EmbeddedSettings, state_dir: Path) -> _Attachment:
     _check_runtime()
-    paths = _prepare_models(model, wanted, settings)
+    cache_dir = settings.resolved_cache_dir()
+    paths = _offered_paths(model, settings, cache_dir)
     # The requested model first: it is preloaded and is the default for model-less requests.
     order = [model, *(a for a in paths if a != model)]
     instance = secrets.token_hex(16)
@@ -243,6 +273,7 @@ def _start_server(model: str, wanted: list[str], settings: EmbeddedSettings, sta
             {
                 "alias": alias,
                 "path": str(paths[alias]),
+                "size": get_spec(alias).size,
                 "n_ctx": settings.n_ctx(alias),
                 "n_batch": settings.n_batch,
                 "n_threads": settings.threads(),
@@ -299,6 +330,8 @@ def _start_server(model: str, wanted: list[str], settings: EmbeddedSettings, sta
         "port": port,
         "api_key": api_key,
         "models": order,
+        "paths": {alias: str(paths[alias]) for alias in order},
+        "cache_dir": str(cache_dir),
         "launcher": str(_LAUNCHER),
         "started_at": time.time(),
         "started_by": os.getpid(),
@@ -314,6 +347,8 @@ def _start_server(model: str, wanted: list[str], settings: EmbeddedSettings, sta
         port=port,
         api_key=api_key,
         models=order,
+        paths={alias: str(paths[alias]) for alias in order},
+        cache_dir=cache_dir,
         loaded={model},
         process=process,
     )
@@ -332,6 +367,8 @@ def _attach_existing(state: dict[str, Any], state_dir: Path) -> _Attachment | No
     try:
         pid, start, port = int(state["pid"]), str(state["start"]), int(state["port"])
         instance, api_key, models = str(state["instance"]), str(state["api_key"]), list(state["models"])
+        paths = {str(k): str(v) for k, v in dict(state.get("paths") or {}).items()}
+        cache_dir = Path(state["cache_dir"]) if state.get("cache_dir") else None
     except (KeyError, TypeError, ValueError):
         return None
     if _server_main.process_start_time(pid) != start:
@@ -352,6 +389,8 @@ def _attach_existing(state: dict[str, Any], state_dir: Path) -> _Attachment | No
         port=port,
         api_key=api_key,
         models=models,
+        paths=paths,
+        cache_dir=cache_dir,
         loaded=set(health.get("loaded") or ()),
     )
 
@@ -370,9 +409,14 @@ def _warm(attachment: _Attachment, model: str, settings: EmbeddedSettings) -> No
     attachment.loaded.add(model)
 
 
+def _other_clients(state_dir: Path) -> list[str]:
+    """Live processes other than this one registered as users of the server in ``state_dir``."""
+    me = _server_main.client_file_name(os.getpid())
+    return [c for c in _server_main.live_clients(state_dir / "clients", prune=False) if c != me]
+
+
 def _ensure(model: str, settings: EmbeddedSettings, state_dir: Path) -> _Attachment:
-    """Under the machine-wide lock: attach to the running server or (re)start one."""
-    wanted = settings.enabled_models()
+    """Under the machine-wide lock: attach to the running server or start one."""
     state = _read_state(state_dir)
     if state is not None:
         attachment = _attach_existing(state, state_dir)
@@ -380,14 +424,25 @@ def _ensure(model: str, settings: EmbeddedSettings, state_dir: Path) -> _Attachm
             if model in attachment.models:
                 _register_client(state_dir)
                 if model not in attachment.loaded:
+                    _prepare(attachment, model, settings)
                     _warm(attachment, model, settings)
                 return attachment
-            # Alive but without this model (its weights were installed after it started):
-            # replace it by one serving both sets, so no model anyone uses disappears.
-            log.warning("Restarting the embedded model server to add %s", model)
-            wanted = [*attachment.models, *(a for a in wanted if a not in attachment.models)]
-            _terminate(attachment.server_pid, attachment.server_start)
-    return _start_server(model, wanted, settings, state_dir)
+            # Alive but not offering this model: it started before the weights were
+            # installed, or under settings that left the model out.  Restarting it would cut
+            # off other processes' requests in flight, so only an unused server is replaced.
+            others = _other_clients(state_dir)
+            if others:
+                raise EmbeddedModelError(
+                    f"The running embedded model server (pid {attachment.server_pid}) does not offer "
+                    f"{model}; it offers {', '.join(attachment.models)} (it started before {model}'s "
+                    f"weights were installed, or under an 'embedded.models' setting without it). "
+                    f"{len(others)} other autobots process(es) are using it, so it is not restarted; "
+                    f"{model} becomes available once they stop, or give this process its own "
+                    "'embedded.server_dir'."
+                )
+            log.warning("Restarting the unused embedded model server to add %s", model)
+            _terminate(attachment.server_pid, attachment.server_start, attachment.process)
+    return _start_server(model, settings, state_dir)
 
 
 def embedded_endpoint(model: str, settings: EmbeddedSettings) -> EmbeddedEndpoint:

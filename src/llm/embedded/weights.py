@@ -232,6 +232,21 @@ def assemble_file(
         return dest
 
 
+def model_file_path(
+    spec: ModelSpec,
+    cache_dir: Path,
+    search_path: Sequence[str] | None = None,
+) -> Path:
+    """Where ``prepare_model_file`` puts (or finds) ``spec``'s GGUF, without copying or hashing.
+
+    Cheap (a RECORD lookup at most), so a server can offer every installed model from the
+    start and leave the assembly and hashing to the first request that needs it.
+    """
+    if spec.single_file:
+        return locate_parts(spec.parts, search_path)[0]
+    return (cache_dir.expanduser() / spec.filename).resolve()
+
+
 def prepare_model_file(
     spec: ModelSpec,
     cache_dir: Path,
