@@ -308,6 +308,32 @@ class ContainmentScenarios:
             assert run(ex, "open('x.txt', 'w').write('in sub')").exit_code == 0
         assert (root / "sessions" / "s1" / "nested" / "dir" / "x.txt").read_text() == "in sub"
 
+    def test_planted_symlink_for_sub_dir_reaches_no_host_file(self, root: Path) -> None:
+        """Code replaces the sub dir a later run starts in with `ln -s / sub`: that later
+        run must still see only its sandbox, and the server must not follow the link."""
+        host_db = root / "database.sqlite"
+        host_db.write_text(HOST_MARKER)
+        host_db.chmod(0o644)
+        settings = make_settings(root)
+        with open_for(self.kind, settings, session="swap") as first:
+            planted = run(first, "import os\nos.symlink('/', 'sub')\nos.symlink('/', 'other')")
+            assert planted.exit_code == 0, planted.output
+        root_owner = os.stat("/").st_uid, os.stat(root).st_uid
+        with open_for(self.kind, settings, session="swap", work_dir="sub") as second:
+            relative = str(host_db).lstrip("/")  # reachable from cwd if cwd were the host's /
+            probe = run(
+                second,
+                f"import os\nprint('CWD', os.getcwd())\n"
+                f"for path in [{relative!r}, {str(host_db)!r}]:\n"
+                "    try:\n        print(open(path).read())\n"
+                "    except OSError as exc:\n        print('NO HOST FILE', type(exc).__name__)\n",
+            )
+            assert HOST_MARKER not in probe.output
+            assert probe.output.count("NO HOST FILE") == 2, probe.output
+            assert second.list_files() == []
+        assert (os.stat("/").st_uid, os.stat(root).st_uid) == root_owner  # nothing chowned through it
+        assert os.path.islink(second.session_dir / "sub")
+
     def test_no_network(self, root: Path) -> None:
         with loopback_listener() as listener, open_for(self.kind, make_settings(root)) as ex:
             port = listener.getsockname()[1]

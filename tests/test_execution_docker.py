@@ -102,6 +102,18 @@ class TestDockerSandbox(ContainmentScenarios):
             assert "no-new-privileges" in host["SecurityOpt"]
             assert host["Memory"] == 256 * 1024**2 and host["MemorySwap"] == host["Memory"]
             assert host["PidsLimit"] == 64
+            assert host["NanoCpus"] == 1_000_000_000
+            ulimits = {u["Name"]: (u["Soft"], u["Hard"]) for u in host["Ulimits"]}
+            assert ulimits["nofile"] == (256, 256) and ulimits["core"] == (0, 0)
+            assert ulimits["fsize"] == (256 * 1024**2, 256 * 1024**2)
+            assert set(host["Tmpfs"]) == {"/tmp"} and "noexec" in host["Tmpfs"]["/tmp"]
+            expected_user = "1000:1000" if os.geteuid() == 0 else f"{os.getuid()}:{os.getgid()}"
+            assert attrs["Config"]["User"] == expected_user
+            assert attrs["Config"]["User"].split(":")[0] not in ("", "0", "root")
+            # Only the session dir is mounted, never a sub dir or anything else of the host.
+            assert [(m["Source"], m["Destination"], m["RW"]) for m in attrs["Mounts"]] == [
+                (str(ex.session_dir), "/workspace", True)
+            ]
             assert attrs["Config"]["Labels"][LABEL_SANDBOX] == "1"
             ro = run(ex, "open('/usr/evil', 'w')")
             assert ro.exit_code != 0 and "Read-only file system" in ro.output
@@ -184,7 +196,7 @@ class TestDockerSandbox(ContainmentScenarios):
             engine.containers.get(other_host).remove(force=True)
 
     def test_missing_image(self, root: Path) -> None:
-        settings = make_settings(root)
+        settings = make_settings(root, allowed_images=["autobots-no-such-image:never"])
         with pytest.raises(ExecutionUnavailable) as info:
             open_for("docker", settings, image="autobots-no-such-image:never")
         message = str(info.value)
@@ -194,6 +206,68 @@ class TestDockerSandbox(ContainmentScenarios):
         with pytest.raises(ExecutionUnavailable) as info:
             open_for("docker", default_missing)
         assert "scripts/build-sandbox-image.sh" in str(info.value)
+
+    def test_image_not_allowed(self, root: Path, engine: docker.DockerClient) -> None:
+        # The image exists locally, but the server does not let requests name it.
+        settings = make_settings(root, allowed_images=[])
+        with pytest.raises(ExecutionUnavailable) as info:
+            open_for("docker", settings, image="other/image:1")
+        assert "'other/image:1' is not allowed on this server" in str(info.value)
+        assert "code_execution.allowed_images" in str(info.value)
+        with open_for("docker", settings, image=IMAGE) as ex:  # the configured image always is
+            assert run(ex, "print(2)").output.strip() == "2"
+
+    def test_image_gone_after_preflight_is_never_pulled(
+        self, root: Path, engine: docker.DockerClient
+    ) -> None:
+        """The container is created, not `run` (which pulls on ImageNotFound)."""
+        settings = make_settings(root)
+        ex = DockerSandboxExecutor(
+            client=docker.from_env(timeout=60),
+            image="autobots-no-such-image:1",
+            work_dir=session_workdir(settings, "gone"),
+            settings=settings,
+            timeout_s=10,
+            run_id="test-gone",
+        )
+        with ex:
+            started = time.monotonic()
+            with pytest.raises(ExecutionUnavailable) as info:
+                run(ex, "print(1)")
+            assert time.monotonic() - started < 5
+            assert "'autobots-no-such-image:1' not found" in str(info.value)
+            assert "never pulled" in str(info.value)
+        assert _containers_of(engine, "test-gone") == []
+        with pytest.raises(docker.errors.ImageNotFound):
+            engine.images.get("autobots-no-such-image:1")
+
+    def test_engine_timeout_is_unavailable_and_leaves_no_container(
+        self, root: Path, engine: docker.DockerClient
+    ) -> None:
+        """A read timeout of the engine (requests' exception, not the SDK's) is a clear
+        ExecutionUnavailable, and whatever the engine created meanwhile is removed."""
+        settings = make_settings(root)
+        # A real client whose read timeout is too short for a container create: the
+        # engine may still create the container after the client gave up on it.
+        hasty = docker.from_env(timeout=60)
+        hasty.api.timeout = 0.001
+        ex = DockerSandboxExecutor(
+            client=hasty,
+            image=IMAGE,
+            work_dir=session_workdir(settings, "hasty"),
+            settings=settings,
+            timeout_s=10,
+            run_id="test-hasty",
+        )
+        with pytest.raises(ExecutionUnavailable) as info:
+            run(ex, "print(1)")
+        assert "could not create the sandbox container" in str(info.value)
+        assert "ReadTimeout" in str(info.value) or "timed out" in str(info.value)
+        hasty.api.timeout = 60  # the engine answers again by the time the run ends
+        ex.close()
+        assert _containers_of(engine, "test-hasty") == []
+        time.sleep(1)  # nothing the engine was still creating shows up later either
+        assert _containers_of(engine, "test-hasty") == []
 
     def test_docker_available(self, root: Path) -> None:
         assert docker_available(make_settings(root))

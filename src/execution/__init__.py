@@ -13,7 +13,7 @@ from .local_executor import BwrapSandboxExecutor, UnsafeLocalExecutor
 from .orphans import sweep_orphans
 from .request import ExecutionRequest
 from .settings import ExecutionSettings
-from .workdir import FileInfo, open_session_file, resolve_session_file, session_workdir
+from .workdir import FileInfo, open_session_file, resolve_session_file, session_dir_name, session_workdir
 
 __all__ = [
     "BwrapSandboxExecutor",
@@ -28,6 +28,7 @@ __all__ = [
     "open_executor",
     "open_session_file",
     "resolve_session_file",
+    "session_dir_name",
     "session_workdir",
     "sweep_orphans",
 ]

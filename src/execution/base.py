@@ -8,6 +8,7 @@ Subclasses only say how one prepared command runs inside their kind of sandbox
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import threading
 import time
@@ -23,8 +24,8 @@ from autogen.coding.markdown_code_extractor import MarkdownCodeExtractor
 
 from .codeprep import prepare_block
 from .output import OutputCollector, cap_text
-from .settings import SANDBOX_WORKDIR
-from .workdir import FileInfo, list_workdir_files
+from .settings import SANDBOX_ENV
+from .workdir import FileInfo, list_workdir_files, run_subdir, sandbox_cwd
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,9 @@ class SandboxExecutor(ABC):
     """Base of all executors handed to AutoGen as ``code_execution_config={"executor": ...}``."""
 
     kind: str = ""
+    # (uid, gid) the sandbox's code runs as on the host, for dirs the server creates
+    # for it; None: the server's own (nothing to hand over).
+    _owner: tuple[int, int] | None = None
     # Whether _run() can feed the code to the bootstrap's stdin (see codeprep).
     _code_via_stdin: bool = False
 
@@ -80,8 +84,14 @@ class SandboxExecutor(ABC):
         run_id: str,
         observer: Observer | None = None,
         memory_limit: str = "",
+        sub_dir: str | None = None,
     ) -> None:
-        self._work_dir = work_dir
+        # The session dir is what sandboxes mount; the sub dir is only where the code
+        # starts (see workdir.run_subdir for why no sub dir is ever mounted).
+        self._session_dir = work_dir
+        self._sub_dir = run_subdir(work_dir, sub_dir)
+        self._cwd = sandbox_cwd(self._sub_dir)
+        self._env = {**SANDBOX_ENV, "PYTHONPATH": self._cwd}
         self._memory_limit = memory_limit or "see the server settings"
         self._timeout_s = timeout_s
         self._output_limit = output_limit_bytes
@@ -166,8 +176,18 @@ class SandboxExecutor(ABC):
 
     @property
     def work_dir(self) -> Path:
-        """Host dir the code sees as /workspace."""
-        return self._work_dir
+        """Host path of the dir the code starts in (for display and tests: never mounted)."""
+        return self._session_dir / self._sub_dir if self._sub_dir else self._session_dir
+
+    @property
+    def session_dir(self) -> Path:
+        """Host dir the code sees as /workspace: the session's work dir."""
+        return self._session_dir
+
+    @property
+    def sub_dir(self) -> str | None:
+        """The sub dir of the session dir the code starts in (None: the session dir)."""
+        return self._sub_dir
 
     @property
     def timeout_s(self) -> int:
@@ -175,8 +195,9 @@ class SandboxExecutor(ABC):
         return self._timeout_s
 
     def list_files(self) -> list[FileInfo]:
-        """Regular files the code left in its work dir (code files live in the sandbox's /tmp)."""
-        return list_workdir_files(self._work_dir)
+        """Regular files the code left in its work dir (code files live in the sandbox's /tmp),
+        named relative to the dir the code starts in."""
+        return list_workdir_files(self._session_dir, self._sub_dir)
 
     # --- internals ------------------------------------------------------------------------
 
@@ -196,6 +217,10 @@ class SandboxExecutor(ABC):
             block.language, block.code, *self._code_dirs(), via_stdin=self._code_via_stdin
         )
         truncated = False
+        if prepared.argv is not None and self._sub_dir is not None:
+            # Earlier code may have removed the dir it starts in; a few syscalls bring it back.
+            with contextlib.suppress(OSError):
+                run_subdir(self._session_dir, self._sub_dir, self._owner)
         if prepared.argv is None:
             exit_code, text = 1, prepared.error or "The code block cannot be run.\n"
         else:
@@ -232,7 +257,7 @@ class SandboxExecutor(ABC):
 
     def _code_dirs(self) -> tuple[str, str]:
         """(work dir, temp dir) as seen by the code; sandboxes mount them at fixed places."""
-        return SANDBOX_WORKDIR, "/tmp"
+        return self._cwd, "/tmp"
 
     @abstractmethod
     def _run(self, argv: list[str], timeout_s: int, stdin: bytes | None) -> RawRun:

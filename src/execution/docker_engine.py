@@ -14,6 +14,7 @@ from functools import lru_cache
 
 import docker
 import docker.errors
+import requests.exceptions
 
 from .errors import ExecutionUnavailable
 from .settings import ExecutionSettings
@@ -21,6 +22,10 @@ from .settings import ExecutionSettings
 LABEL_SANDBOX = "autobots.sandbox"
 LABEL_OWNER = "autobots.owner"
 LABEL_RUN = "autobots.run_id"
+
+# What an engine call can raise: the SDK's own errors, and the transport's (a read
+# timeout of a loaded engine, a connection reset when dockerd dies) that it does not wrap.
+ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
 
 # API calls other than the streamed output of a block; generous because a loaded
 # engine can take seconds to create a container.
@@ -46,7 +51,7 @@ def connect(settings: ExecutionSettings, timeout: int = API_TIMEOUT_S) -> docker
         else:
             client = docker.from_env(timeout=timeout)
         client.ping()
-    except docker.errors.DockerException as exc:
+    except ENGINE_ERRORS as exc:
         raise ExecutionUnavailable(
             f"Docker engine not reachable at {address}: start dockerd (scripts/start-dockerd.sh prints "
             "the DOCKER_HOST to use) or set code_execution.executor to 'local'"
@@ -71,7 +76,7 @@ def require_image(client: docker.DockerClient, image: str, settings: ExecutionSe
             f"sandbox image '{image}' not found in the Docker engine at {engine_address(settings)}: "
             + hint.format(image)
         ) from exc
-    except docker.errors.DockerException as exc:
+    except ENGINE_ERRORS as exc:
         raise ExecutionUnavailable(
             f"Docker engine at {engine_address(settings)} failed while looking up image '{image}'; "
             "check the engine's log, or set code_execution.executor to 'local'"

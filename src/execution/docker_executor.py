@@ -29,7 +29,7 @@ from docker.models.containers import Container
 from docker.types import Ulimit
 
 from .base import TIMEOUT_EXIT_CODE, Observer, RawRun, SandboxExecutor
-from .docker_engine import LABEL_OWNER, LABEL_RUN, LABEL_SANDBOX, owner_label
+from .docker_engine import ENGINE_ERRORS, LABEL_OWNER, LABEL_RUN, LABEL_SANDBOX, owner_label
 from .errors import ExecutionUnavailable
 from .output import OutputCollector
 from .settings import (
@@ -38,7 +38,6 @@ from .settings import (
     FILE_SIZE_LIMIT_BYTES,
     HOST_TIMEOUT_GRACE_S,
     OPEN_FILES_LIMIT,
-    SANDBOX_ENV,
     SANDBOX_WORKDIR,
     TMPFS_SIZE_BYTES,
     ExecutionSettings,
@@ -71,9 +70,11 @@ class DockerSandboxExecutor(SandboxExecutor):
         timeout_s: int,
         run_id: str,
         observer: Observer | None = None,
+        sub_dir: str | None = None,
     ) -> None:
         super().__init__(
             work_dir=work_dir,
+            sub_dir=sub_dir,
             timeout_s=timeout_s,
             output_limit_bytes=settings.output_limit_bytes,
             memory_limit=settings.memory,
@@ -85,7 +86,15 @@ class DockerSandboxExecutor(SandboxExecutor):
         self._settings = settings
         self._container: Container | None = None
         self._lock = threading.Lock()  # guards _container (close() may come from any thread)
+        # One block at a time: agents of a run share this executor (parallel receivers
+        # among them), and a timed-out block replaces the container, which would kill
+        # a block of another agent running next to it.
+        self._block_lock = threading.Lock()
+        # Names of containers whose creation failed half way (engine timeout): the
+        # engine may still have made them, so close() tries once more to remove them.
+        self._maybe_created: list[str] = []
         if os.geteuid() == 0:
+            self._owner = (DOCKER_SANDBOX_UID, DOCKER_SANDBOX_GID)
             chown_tree(work_dir, DOCKER_SANDBOX_UID, DOCKER_SANDBOX_GID)
             self._user = f"{DOCKER_SANDBOX_UID}:{DOCKER_SANDBOX_GID}"
         else:
@@ -124,12 +133,14 @@ class DockerSandboxExecutor(SandboxExecutor):
             "labels": {LABEL_SANDBOX: "1", LABEL_OWNER: owner_label(), LABEL_RUN: self._run_id[:200]},
             "user": self._user,
             "working_dir": SANDBOX_WORKDIR,
-            "environment": dict(SANDBOX_ENV),
+            "environment": dict(self._env),
             "hostname": "sandbox",
             "network_mode": "none",
             "read_only": True,
             "tmpfs": {"/tmp": f"rw,noexec,nosuid,nodev,size={TMPFS_SIZE_BYTES}"},
-            "volumes": {str(self._work_dir): {"bind": SANDBOX_WORKDIR, "mode": "rw"}},
+            # Always the session dir, which no sandbox can replace (its parent is never
+            # mounted); a sub dir is only the exec's working dir, resolved in the container.
+            "volumes": {str(self._session_dir): {"bind": SANDBOX_WORKDIR, "mode": "rw"}},
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
             "ipc_mode": "private",
@@ -142,7 +153,6 @@ class DockerSandboxExecutor(SandboxExecutor):
                 Ulimit(name="fsize", soft=size_limit, hard=size_limit),
                 Ulimit(name="core", soft=0, hard=0),
             ],
-            "auto_remove": False,
         }
 
     def _ensure_container(self) -> Container | None:
@@ -152,21 +162,70 @@ class DockerSandboxExecutor(SandboxExecutor):
                 return None
             if self._container is None:
                 started = time.monotonic()
-                try:
-                    self._container = self._client.containers.run(**self._create_kwargs())
-                except docker.errors.ImageNotFound as exc:
-                    raise ExecutionUnavailable(
-                        f"sandbox image '{self._image}' disappeared from the Docker engine: "
-                        "build it again with scripts/build-sandbox-image.sh"
-                    ) from exc
-                except docker.errors.DockerException as exc:
-                    detail = getattr(exc, "explanation", None) or type(exc).__name__
-                    raise ExecutionUnavailable(
-                        f"the Docker engine could not start the sandbox container ({str(detail)[:300]}); "
-                        "check the engine (scripts/start-dockerd.sh) or set code_execution.executor to 'local'"
-                    ) from exc
+                self._container = self._start_container()
                 log.debug("sandbox container started in %.3f s", time.monotonic() - started)
             return self._container
+
+    def _start_container(self) -> Container:
+        """Create and start the run's container; never pulls, never leaves one behind.
+
+        ``containers.run`` would pull a missing image (the SDK does so on ImageNotFound),
+        so the container is created and started in two calls; if the start fails, the
+        created container is removed. Any engine failure becomes ExecutionUnavailable.
+        """
+        kwargs = self._create_kwargs()
+        name = kwargs["name"]
+        try:
+            container = self._client.containers.create(**kwargs)
+        except docker.errors.ImageNotFound as exc:
+            raise ExecutionUnavailable(
+                f"sandbox image '{self._image}' not found in the Docker engine (it disappeared after the "
+                "run started; images are never pulled): build it again with scripts/build-sandbox-image.sh"
+            ) from exc
+        except ENGINE_ERRORS as exc:
+            # A timed-out create may still complete inside the engine: remove it now if
+            # it exists, else close() looks for it again.
+            self._maybe_created.append(name)
+            self._remove_maybe_created(wait_s=0)
+            raise self._unavailable("create", exc) from exc
+        try:
+            container.start()
+        except ENGINE_ERRORS as exc:
+            self._remove(container)
+            raise self._unavailable("start", exc) from exc
+        return container
+
+    @staticmethod
+    def _unavailable(step: str, exc: BaseException) -> ExecutionUnavailable:
+        detail = getattr(exc, "explanation", None) or f"{type(exc).__name__}: {exc}"
+        return ExecutionUnavailable(
+            f"the Docker engine could not {step} the sandbox container ({str(detail)[:300]}); "
+            "check the engine (scripts/start-dockerd.sh) or set code_execution.executor to 'local'"
+        )
+
+    def _remove_maybe_created(self, wait_s: float) -> None:
+        """Remove containers whose create timed out, known only by name; best effort.
+
+        One that is not there (yet) is looked for again until ``wait_s`` has passed:
+        the engine may still be creating it. What is left after that is the orphan
+        sweep's (next server start).
+        """
+        deadline = time.monotonic() + wait_s
+        for name in list(self._maybe_created):
+            while True:
+                try:
+                    self._client.containers.get(name).remove(force=True)
+                except docker.errors.NotFound:
+                    if time.monotonic() < deadline:
+                        time.sleep(0.25)
+                        continue
+                    if wait_s > 0:
+                        self._maybe_created.remove(name)
+                except ENGINE_ERRORS as exc:
+                    log.warning("could not remove sandbox container %s: %s", name, exc)
+                else:
+                    self._maybe_created.remove(name)
+                break
 
     def _remove(self, container: Container) -> None:
         """Kill and remove a container; a container already gone is fine."""
@@ -177,6 +236,9 @@ class DockerSandboxExecutor(SandboxExecutor):
         except docker.errors.APIError as exc:
             if exc.status_code != 409:  # 409: removal already in progress
                 log.warning("could not remove sandbox container %s: %s", container.short_id, exc)
+        except ENGINE_ERRORS as exc:
+            # The orphan sweep of the next server start removes what is left.
+            log.warning("could not remove sandbox container %s: %s", container.short_id, exc)
 
     def _discard(self, container: Container) -> None:
         with self._lock:
@@ -190,12 +252,17 @@ class DockerSandboxExecutor(SandboxExecutor):
         try:
             if container is not None:
                 self._remove(container)
+            self._remove_maybe_created(wait_s=2.0)
         finally:
             self._client.close()
 
     # --- one block ---------------------------------------------------------------------
 
     def _run(self, argv: list[str], timeout_s: int, stdin: bytes | None) -> RawRun:
+        with self._block_lock:
+            return self._run_one(argv, timeout_s)
+
+    def _run_one(self, argv: list[str], timeout_s: int) -> RawRun:
         collector = OutputCollector(self._output_limit)
         container = self._ensure_container()
         if container is None:
@@ -203,8 +270,10 @@ class DockerSandboxExecutor(SandboxExecutor):
         api = self._client.api
         command = ["timeout", "-s", "KILL", str(timeout_s), *argv]
         try:
-            exec_id = api.exec_create(container.id, command, stdout=True, stderr=True)["Id"]
-        except docker.errors.DockerException as exc:
+            exec_id = api.exec_create(container.id, command, stdout=True, stderr=True, workdir=self._cwd)[
+                "Id"
+            ]
+        except ENGINE_ERRORS as exc:
             if self._closed.is_set():
                 return RawRun(1, collector, cancelled=True)
             # The container died under us (OOM of PID 1, killed from outside): start over next time.
@@ -243,7 +312,7 @@ class DockerSandboxExecutor(SandboxExecutor):
             return RawRun(1, collector, cancelled=True)
         try:
             exit_code = api.exec_inspect(exec_id).get("ExitCode")
-        except docker.errors.DockerException:
+        except ENGINE_ERRORS:
             exit_code = None
         if exit_code is None:
             # No status: the container went away while the block ran (e.g. restart()).

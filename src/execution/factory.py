@@ -18,7 +18,6 @@ from .errors import ExecutionUnavailable
 from .local_executor import BwrapSandboxExecutor, UnsafeLocalExecutor
 from .request import ExecutionRequest
 from .settings import ExecutionSettings
-from .workdir import run_subdir
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +41,24 @@ def open_executor(
 ) -> SandboxExecutor:
     """The executor for one run, ready to hand to AutoGen.
 
-    ``work_dir`` is the session's work dir (from session_workdir); the request may
-    narrow it to a sub dir. With ``settings.fallback_to_local``, an unreachable
-    engine or a missing default image gives the local sandbox instead; a missing
-    image the user named explicitly is reported, not silently replaced.
+    ``work_dir`` is the session's work dir (from session_workdir): the sandbox mounts
+    it, and the request's sub dir is only where the code starts. With
+    ``settings.fallback_to_local``, an unreachable engine or a missing default image
+    gives the local sandbox instead; a missing image the user named explicitly is
+    reported, not silently replaced. An image the server does not allow is refused
+    before the engine is asked anything.
     """
-    run_dir = run_subdir(Path(work_dir), request.work_dir)
     kind = request.executor or settings.executor
     timeout_s = request.timeout_s or settings.timeout_s
+    image = request.image or settings.image
+    if kind == "docker" and not settings.image_allowed(image):
+        raise ExecutionUnavailable(
+            f"sandbox image '{image}' is not allowed on this server: use the default image "
+            f"'{settings.image}' or ask the operator to add it to code_execution.allowed_images"
+        )
     common = {
-        "work_dir": run_dir,
+        "work_dir": Path(work_dir),
+        "sub_dir": request.work_dir,
         "settings": settings,
         "timeout_s": timeout_s,
         "run_id": run_id,
@@ -63,7 +70,6 @@ def open_executor(
     if kind == "local":
         return BwrapSandboxExecutor(**common)
 
-    image = request.image or settings.image
     try:
         client = connect(settings)
         try:

@@ -104,13 +104,14 @@ def _launcher(setpriv: str, uid: int | None, gid: int | None) -> list[str]:
     return [*args, "--no-new-privs", "--"]
 
 
-def _bwrap_base(bwrap: str, disable_userns: bool) -> list[str]:
-    """bwrap options shared by the preflight probe and real blocks (no work dir yet)."""
+def _bwrap_base(bwrap: str, disable_userns: bool, env: dict[str, str] | None = None) -> list[str]:
+    """bwrap options shared by the preflight probe and real blocks (no work dir yet);
+    ``env`` is the sandbox's whole environment (default SANDBOX_ENV)."""
     args = [bwrap, "--unshare-all", "--unshare-user"]
     if disable_userns:
         args.append("--disable-userns")
     args += ["--die-with-parent", "--new-session", "--clearenv"]
-    for key, value in SANDBOX_ENV.items():
+    for key, value in (SANDBOX_ENV if env is None else env).items():
         args += ["--setenv", key, value]
     args += ["--uid", str(LOCAL_SANDBOX_UID), "--gid", str(LOCAL_SANDBOX_GID), "--hostname", "sandbox"]
     args += ["--ro-bind", "/usr", "/usr"]
@@ -202,7 +203,11 @@ def check_bwrap() -> None:
 
 class _ProcessExecutor(SandboxExecutor):
     """Shared process handling: bounded output, wall-clock kill of the whole group,
-    and close() from another thread killing the running block."""
+    and close() from another thread killing the running blocks.
+
+    Blocks may run concurrently (agents of a run share one executor, parallel
+    receivers among them): each is its own process group, and close() kills all.
+    """
 
     _code_via_stdin = True
 
@@ -214,9 +219,11 @@ class _ProcessExecutor(SandboxExecutor):
         timeout_s: int,
         run_id: str,
         observer: Observer | None,
+        sub_dir: str | None = None,
     ) -> None:
         super().__init__(
             work_dir=work_dir,
+            sub_dir=sub_dir,
             timeout_s=timeout_s,
             output_limit_bytes=settings.output_limit_bytes,
             memory_limit=settings.memory,
@@ -224,7 +231,7 @@ class _ProcessExecutor(SandboxExecutor):
             observer=observer,
         )
         self._settings = settings
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._procs: set[subprocess.Popen[bytes]] = set()
         self._proc_lock = threading.Lock()
 
     def restart(self) -> None:
@@ -243,14 +250,14 @@ class _ProcessExecutor(SandboxExecutor):
             except OSError as exc:
                 collector.feed(f"sandbox error: could not start the code ({exc.strerror or exc})\n".encode())
                 return RawRun(1, collector)
-            self._proc = proc
+            self._procs.add(proc)
         try:
             self._feed_stdin(proc, stdin)
             timed_out = self._pump(proc, collector, time.monotonic() + timeout_s)
             exit_code = proc.wait()
         finally:
             with self._proc_lock:
-                self._proc = None
+                self._procs.discard(proc)
             if proc.stdout is not None:
                 proc.stdout.close()
         if self._closed.is_set():
@@ -307,8 +314,8 @@ class _ProcessExecutor(SandboxExecutor):
 
     def _close(self) -> None:
         with self._proc_lock:
-            proc = self._proc
-        if proc is not None:
+            procs = list(self._procs)
+        for proc in procs:
             self._kill(proc)
 
 
@@ -325,15 +332,23 @@ class BwrapSandboxExecutor(_ProcessExecutor):
         timeout_s: int,
         run_id: str,
         observer: Observer | None = None,
+        sub_dir: str | None = None,
     ) -> None:
         self._uid, self._gid = _sandbox_identity()
         launch, disable_userns = _probe_bwrap(self._uid, self._gid)
         super().__init__(
-            work_dir=work_dir, settings=settings, timeout_s=timeout_s, run_id=run_id, observer=observer
+            work_dir=work_dir,
+            sub_dir=sub_dir,
+            settings=settings,
+            timeout_s=timeout_s,
+            run_id=run_id,
+            observer=observer,
         )
-        # Built once: the options are the same for every block of the run.
-        self._prefix = [*launch[:-1], *_bwrap_base(launch[-1], disable_userns)]
+        # Built once: the options are the same for every block of the run. The session
+        # dir is what is mounted, never a sub dir (see workdir.run_subdir).
+        self._prefix = [*launch[:-1], *_bwrap_base(launch[-1], disable_userns, self._env)]
         if self._uid is not None and self._gid is not None:
+            self._owner = (self._uid, self._gid)
             _check_reachable(work_dir, self._uid, self._gid)
             chown_tree(work_dir, self._uid, self._gid)
 
@@ -341,10 +356,10 @@ class BwrapSandboxExecutor(_ProcessExecutor):
         full = [
             *self._prefix,
             "--bind",
-            str(self._work_dir),
+            str(self._session_dir),
             SANDBOX_WORKDIR,
             "--chdir",
-            SANDBOX_WORKDIR,
+            self._cwd,
             "--",
             *_rlimit_prefix(self._settings, timeout_s),
             *argv,
@@ -369,6 +384,7 @@ class UnsafeLocalExecutor(_ProcessExecutor):
         timeout_s: int,
         run_id: str,
         observer: Observer | None = None,
+        sub_dir: str | None = None,
     ) -> None:
         if not settings.allow_unsafe_local:
             raise ExecutionUnavailable(
@@ -376,17 +392,22 @@ class UnsafeLocalExecutor(_ProcessExecutor):
                 "(code_execution.allow_unsafe_local is false): use 'docker' or 'local'"
             )
         super().__init__(
-            work_dir=work_dir, settings=settings, timeout_s=timeout_s, run_id=run_id, observer=observer
+            work_dir=work_dir,
+            sub_dir=sub_dir,
+            settings=settings,
+            timeout_s=timeout_s,
+            run_id=run_id,
+            observer=observer,
         )
         # Code files go to a private temp dir, not the work dir the user sees.
         self._tmp = tempfile.mkdtemp(prefix="autobots-unsafe-")
 
     def _code_dirs(self) -> tuple[str, str]:
-        return str(self._work_dir), self._tmp
+        return str(self.work_dir), self._tmp
 
     def _spawn(self, argv: list[str], timeout_s: int) -> subprocess.Popen[bytes]:
-        env = {**SANDBOX_ENV, "HOME": self._tmp, "TMPDIR": self._tmp, "PYTHONPATH": str(self._work_dir)}
-        return _popen([*_rlimit_prefix(self._settings, timeout_s), *argv], env=env, cwd=str(self._work_dir))
+        env = {**SANDBOX_ENV, "HOME": self._tmp, "TMPDIR": self._tmp, "PYTHONPATH": str(self.work_dir)}
+        return _popen([*_rlimit_prefix(self._settings, timeout_s), *argv], env=env, cwd=str(self.work_dir))
 
     def _close(self) -> None:
         try:

@@ -14,7 +14,14 @@ import logging
 
 import docker.errors
 
-from .docker_engine import LABEL_OWNER, LABEL_SANDBOX, PING_TIMEOUT_S, connect, owner_is_gone
+from .docker_engine import (
+    ENGINE_ERRORS,
+    LABEL_OWNER,
+    LABEL_SANDBOX,
+    PING_TIMEOUT_S,
+    connect,
+    owner_is_gone,
+)
 from .errors import ExecutionUnavailable
 from .settings import ExecutionSettings
 
@@ -38,9 +45,9 @@ def sweep_orphans(settings: ExecutionSettings) -> int:
                 removed += 1
             except docker.errors.NotFound:
                 continue
-            except docker.errors.APIError as exc:
+            except ENGINE_ERRORS as exc:
                 log.warning("could not remove orphaned sandbox container %s: %s", container.short_id, exc)
-    except docker.errors.DockerException as exc:
+    except ENGINE_ERRORS as exc:
         log.warning("sweeping orphaned sandbox containers failed: %s", exc)
     finally:
         client.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
-from typing import Literal
+from typing import Any, Literal
 
 import pydantic
 
@@ -39,6 +39,28 @@ def check_relative_subpath(value: str) -> str:
     return "/".join(parts)
 
 
+def check_image(value: str) -> str:
+    """Return ``value`` if it is a plain Docker image reference, else raise ValueError.
+
+    Shared by the API schema (so a bad image is a 400 before anything is stored) and
+    the execution request (so nothing reaches the engine unchecked).
+    """
+    if not isinstance(value, str) or len(value) > 255 or not _IMAGE_RE.match(value):
+        raise ValueError(f"invalid image reference {value!r}")
+    return value
+
+
+def check_work_dir(value: str) -> str:
+    """Return the normalised sub dir of the session's work dir a run's code starts in.
+
+    Only a plain relative path can name it; see :func:`check_relative_subpath`.
+    """
+    try:
+        return check_relative_subpath(value)
+    except ValueError as exc:
+        raise ValueError(f"invalid work_dir: {exc}") from None
+
+
 class ExecutionRequest(pydantic.BaseModel):
     """What a user may choose for a conversation; ``None`` means the server default.
 
@@ -56,15 +78,50 @@ class ExecutionRequest(pydantic.BaseModel):
     @pydantic.field_validator("image")
     @classmethod
     def _check_image(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if len(value) > 255 or not _IMAGE_RE.match(value):
-            raise ValueError(f"invalid image reference {value!r}")
-        return value
+        return None if value is None else check_image(value)
 
     @pydantic.field_validator("work_dir")
     @classmethod
     def _check_work_dir(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        return check_relative_subpath(value)
+        return None if value is None else check_work_dir(value)
+
+
+def resolve_legacy_use_docker(data: dict[str, Any]) -> dict[str, Any]:
+    """Fold AutoGen's ``use_docker`` key into our ``executor``/``image`` options.
+
+    Older clients send AutoGen's own ``code_execution_config`` (``use_docker`` false,
+    true or an image name). Dropping the key would run their code somewhere they did
+    not ask for, so it is read the way AutoGen reads it: false runs outside Docker
+    (here: the local sandbox, never the bare host), true in the default image, a name
+    in that image. A ``use_docker`` that contradicts ``executor`` or ``image`` is an
+    error rather than a guess. Returns a copy without ``use_docker``.
+    """
+    if "use_docker" not in data:
+        return data
+    data = dict(data)
+    legacy = data.pop("use_docker")
+    if legacy is None:
+        return data
+    if isinstance(legacy, list) and len(legacy) == 1:
+        legacy = legacy[0]
+    executor = data.get("executor")
+    if legacy is False:
+        if executor not in (None, "local"):
+            raise ValueError(f"use_docker: false contradicts executor {executor!r}; send only 'executor'")
+        if data.get("image") is not None:
+            raise ValueError("use_docker: false contradicts 'image'; send only 'executor' and 'image'")
+        data["executor"] = "local"
+        return data
+    if legacy is True or isinstance(legacy, str):
+        if executor not in (None, "docker"):
+            raise ValueError(
+                f"use_docker: {legacy!r} contradicts executor {executor!r}; send only 'executor'"
+            )
+        data["executor"] = "docker"
+        if isinstance(legacy, str):
+            image = data.get("image")
+            if image is not None and image != legacy:
+                raise ValueError(f"use_docker: {legacy!r} contradicts image {image!r}; send only 'image'")
+            data["image"] = legacy
+        return data
+    raise ValueError("use_docker must be true, false or an image name; prefer 'executor' and 'image'")

@@ -12,6 +12,8 @@ from typing import Literal
 
 import pydantic
 
+from .request import check_image
+
 # Container uid/gid for the Docker sandbox: the `sandbox` user of the image.
 DOCKER_SANDBOX_UID = 1000
 DOCKER_SANDBOX_GID = 1000
@@ -88,6 +90,30 @@ class ExecutionSettings(pydantic.BaseModel):
     # then runs with the server's uid and sees the server's whole file system.
     allow_unsafe_local: bool = False
     docker_host: str | None = None
+    # Images a request may name (besides ``image``, always allowed). A request cannot
+    # run code in any other local image, such as the server's own with its secrets in
+    # ENV. Unset: only ``image``.
+    allowed_images: list[str] | None = None
+
+    @pydantic.field_validator("image")
+    @classmethod
+    def _check_image(cls, value: str) -> str:
+        return check_image(value)
+
+    @pydantic.field_validator("allowed_images")
+    @classmethod
+    def _check_allowed_images(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [check_image(image) for image in value]
+
+    @pydantic.model_validator(mode="after")
+    def _default_allowed_images(self) -> ExecutionSettings:
+        if self.allowed_images is None:
+            self.allowed_images = [self.image]
+        return self
+
+    def image_allowed(self, image: str) -> bool:
+        """Whether a run may use ``image``: the configured image or one of ``allowed_images``."""
+        return image == self.image or image in (self.allowed_images or ())
 
     @pydantic.field_validator("memory")
     @classmethod

@@ -8,21 +8,30 @@ symlinks pointing anywhere on the host. The server reads those files as its own
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import pydantic
 
 from .request import check_relative_subpath
-from .settings import ExecutionSettings
+from .settings import SANDBOX_WORKDIR, ExecutionSettings
 
 _SESSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# Names of hashed session dirs start with '_', which no id used as is can: the two
+# kinds of names never collide.
+_HASHED_PREFIX = "_s-"
 # list_files stops after this many entries: a sandbox can create millions of files and
 # the listing is shown to a person, not used for accounting.
 MAX_LISTED_FILES = 10_000
+# Walks hold one open fd per level; deeper levels (only sandboxed code makes them) are
+# neither listed nor chowned.
+MAX_WALK_DEPTH = 64
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class FileInfo(pydantic.BaseModel):
@@ -32,14 +41,18 @@ class FileInfo(pydantic.BaseModel):
     size: int
 
 
-def validate_session_id(session_id: str) -> str:
-    """Return ``session_id`` if it is safe as a single directory name, else raise ValueError."""
-    if not isinstance(session_id, str) or not _SESSION_ID_RE.match(session_id):
-        raise ValueError(
-            "invalid session id: use 1-128 characters from letters, digits, '_', '-', '.', "
-            "starting with a letter or digit"
-        )
-    return session_id
+def session_dir_name(session_id: str) -> str:
+    """The directory name of a session's work dir: the id itself when it is a safe name.
+
+    Any other id (old clients send ids like "my chat") gets ``_s-`` + its SHA-256, a
+    safe name that cannot collide with an id used as is. The executors and the files
+    endpoint both go through here, so they always agree on the directory.
+    """
+    if not isinstance(session_id, str) or not session_id:
+        raise ValueError("invalid session id: it must be a non-empty string")
+    if _SESSION_ID_RE.match(session_id):
+        return session_id
+    return _HASHED_PREFIX + hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def work_root(settings: ExecutionSettings) -> Path:
@@ -50,14 +63,13 @@ def work_root(settings: ExecutionSettings) -> Path:
 def session_workdir(settings: ExecutionSettings, session_id: str) -> Path:
     """Create (if needed) and return the work dir of a session.
 
-    The root is 0755 and root-owned when the server is root; sandboxes never see it
-    (only the session dir or a sub dir is mounted), so its mode only matters to
-    host users.
+    This is the directory sandboxes mount (at /workspace). Its parent, the work root,
+    is never visible to any sandbox, so no sandboxed code can swap the session dir
+    itself for a symlink. The root is 0755 and root-owned when the server is root.
     """
-    validate_session_id(session_id)
     root = work_root(settings)
     root.mkdir(parents=True, exist_ok=True)
-    path = root / session_id
+    path = root / session_dir_name(session_id)
     with contextlib.suppress(FileExistsError):
         path.mkdir(mode=0o755)
     if path.is_symlink() or not path.is_dir():
@@ -65,86 +77,161 @@ def session_workdir(settings: ExecutionSettings, session_id: str) -> Path:
     return path
 
 
-def run_subdir(session_dir: Path, sub_dir: str | None) -> Path:
-    """The dir a run's code sees as its work dir: the session dir or a sub dir of it.
+def sandbox_cwd(sub_dir: str | None) -> str:
+    """Where a run's code starts inside the sandbox: /workspace or /workspace/<sub>."""
+    return SANDBOX_WORKDIR if sub_dir is None else f"{SANDBOX_WORKDIR}/{check_relative_subpath(sub_dir)}"
 
-    Created component by component without following symlinks, because a previous
-    run may have replaced any of them with a link pointing outside.
+
+def _open_dir(path: Path) -> int:
+    """An fd of ``path`` itself, refusing a symlink (O_NOFOLLOW on the last component)."""
+    return os.open(path, _DIR_FLAGS)
+
+
+def _descend(fd: int, parts: list[str]) -> int | None:
+    """Open ``parts`` below the dir ``fd`` one component at a time, never following a
+    symlink; None if a component is missing or not a directory. ``fd`` stays open."""
+    current = os.dup(fd)
+    try:
+        for part in parts:
+            next_fd = os.open(part, _DIR_FLAGS, dir_fd=current)
+            os.close(current)
+            current = next_fd
+    except OSError:
+        os.close(current)
+        return None
+    return current
+
+
+def run_subdir(session_dir: Path, sub_dir: str | None, owner: tuple[int, int] | None = None) -> str | None:
+    """Create the sub dir a run's code starts in; returns it normalised (None: the session dir).
+
+    Sandboxes always mount the session dir and only *start* in the sub dir, so the sub
+    dir is never a host path handed to a mount: if earlier code replaced a component
+    with a symlink (``ln -s / sub``), the sandbox resolves it inside itself, where it
+    reaches nothing of the host. Created here with mkdirat/openat relative to fds, so
+    the server itself never follows such a link either; a component that is not a
+    directory is left as it is. Dirs created here get ``owner`` (uid, gid) when the
+    server is root, so the sandbox's user can write them.
     """
     if sub_dir is None:
-        return session_dir
-    parts = check_relative_subpath(sub_dir).split("/")
-    current = session_dir
-    for part in parts:
-        current = current / part
-        with contextlib.suppress(FileExistsError):
-            current.mkdir(mode=0o755)
-        st = os.lstat(current)
-        if not stat.S_ISDIR(st.st_mode):
-            raise ValueError(f"work_dir {sub_dir!r} is not a directory inside the session's work dir")
-    # Re-check the whole chain once more and hand out the real path: what gets
-    # mounted is then a directory that was inside the session dir just now. (Only
-    # code running concurrently in the same session could race this.)
-    real = current.resolve(strict=True)
-    if not real.is_relative_to(session_dir.resolve(strict=True)):
-        raise ValueError(f"work_dir {sub_dir!r} is not a directory inside the session's work dir")
-    return real
+        return None
+    sub = check_relative_subpath(sub_dir)
+    fd = _open_dir(session_dir)
+    try:
+        for part in sub.split("/"):
+            created = False
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, mode=0o755, dir_fd=fd)
+                created = True
+            try:
+                next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError:
+                break  # a symlink or a file planted by code: the sandbox resolves it itself
+            os.close(fd)
+            fd = next_fd
+            if created and owner is not None and os.geteuid() == 0:
+                os.fchown(fd, *owner)
+    finally:
+        os.close(fd)
+    return sub
+
+
+def _walk(fd: int, depth: int = 0) -> Iterator[tuple[int, str, os.DirEntry[str]]]:
+    """(dir fd, path relative to the top, entry) for everything below the dir ``fd``.
+
+    Directories are opened with O_NOFOLLOW relative to their parent's fd, so a
+    symlink is never followed, not even one swapped in while the walk runs. Entries
+    of a directory come sorted by name, each directory's before its sub dirs'.
+    """
+    with os.scandir(fd) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        yield fd, entry.name, entry
+    if depth >= MAX_WALK_DEPTH:
+        return
+    for entry in entries:
+        try:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            child = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
+        except OSError:
+            continue
+        try:
+            for child_fd, rel, sub_entry in _walk(child, depth + 1):
+                yield child_fd, f"{entry.name}/{rel}", sub_entry
+        finally:
+            os.close(child)
 
 
 def chown_tree(path: Path, uid: int, gid: int) -> None:
     """Give a work dir tree to the sandbox's uid so sandboxed code can write it.
 
     Only meaningful (and only done) when the server runs as root. Never follows
-    symlinks: a link planted by earlier code must not make root chown a host file.
-    Hard links to host files cannot exist in a work dir: sandboxes only see the
-    work dir writable and link(2) does not cross mounts.
+    symlinks, not even a top-level one: every chown is an lchown relative to a dir
+    fd opened with O_NOFOLLOW, so a link planted by earlier code cannot make root
+    chown a host file. Hard links to host files cannot exist in a work dir:
+    sandboxes only see the work dir writable and link(2) does not cross mounts.
     """
     if os.geteuid() != 0:
         return
-
-    def fix(p: str) -> None:
-        st = os.lstat(p)
+    try:
+        fd = _open_dir(path)
+    except OSError:
+        return
+    try:
+        st = os.fstat(fd)
         if (st.st_uid, st.st_gid) != (uid, gid):
-            os.chown(p, uid, gid, follow_symlinks=False)
-
-    fix(str(path))
-    for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
-        for name in (*dirnames, *filenames):
+            os.fchown(fd, uid, gid)
+        for dir_fd, _rel, entry in _walk(fd):
             try:
-                fix(os.path.join(dirpath, name))
+                st = entry.stat(follow_symlinks=False)
+                if (st.st_uid, st.st_gid) != (uid, gid):
+                    os.chown(entry.name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
             except FileNotFoundError:
                 continue
+    finally:
+        os.close(fd)
 
 
-def list_workdir_files(path: Path, exclude_dirs: frozenset[str] = frozenset()) -> list[FileInfo]:
-    """Regular files under ``path`` (symlinks are neither listed nor followed), sorted by name."""
+def list_workdir_files(path: Path, sub_dir: str | None = None) -> list[FileInfo]:
+    """Regular files under ``path`` (or its ``sub_dir``), names relative to that dir, sorted.
+
+    Symlinks are neither listed nor followed, whether inside the tree, at ``path``
+    itself or on the way to ``sub_dir``.
+    """
+    try:
+        top = _open_dir(path)
+    except OSError:
+        return []
+    try:
+        fd = _descend(top, sub_dir.split("/")) if sub_dir else os.dup(top)
+    finally:
+        os.close(top)
+    if fd is None:
+        return []
     files: list[FileInfo] = []
-    for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
-        rel_dir = os.path.relpath(dirpath, path)
-        if rel_dir == ".":
-            dirnames[:] = [d for d in dirnames if d not in exclude_dirs]
-        dirnames.sort()
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
+    walker = _walk(fd)
+    try:
+        for _dir_fd, rel, entry in walker:
             try:
-                st = os.lstat(full)
+                st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-            files.append(FileInfo(name=rel, size=st.st_size))
-            if len(files) >= MAX_LISTED_FILES:
-                return files
-    return files
+            if stat.S_ISREG(st.st_mode):
+                files.append(FileInfo(name=rel, size=st.st_size))
+                if len(files) >= MAX_LISTED_FILES:
+                    break
+    finally:
+        walker.close()  # closes the fds of the levels still open
+        os.close(fd)
+    return sorted(files, key=lambda f: f.name)
 
 
 def _session_dir_if_exists(settings: ExecutionSettings, session_id: str) -> Path | None:
     try:
-        validate_session_id(session_id)
+        path = work_root(settings) / session_dir_name(session_id)
     except ValueError:
         return None
-    path = work_root(settings) / session_id
     if path.is_symlink() or not path.is_dir():
         return None
     return path

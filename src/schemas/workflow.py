@@ -90,10 +90,38 @@ class LLMConfig(_Lenient):
 
 
 class CodeExecutionObject(_Lenient):
+    """Options of one agent's sandbox, checked here so a bad one is a 400 before anything is stored.
+
+    The checks are the execution package's own (one definition for the API and the
+    sandbox). Whether the server lets this image run is a server setting, checked when
+    the run opens its sandbox. AutoGen's legacy ``use_docker`` is read, not dropped.
+    """
+
     executor: Literal["docker", "local"] | None = None
     timeout_s: int | None = Field(default=None, ge=1, le=3600)
     image: str | None = Field(default=None, max_length=300)
     work_dir: str | None = Field(default=None, max_length=300)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_use_docker(cls, data: Any) -> Any:
+        from autobots.execution.request import resolve_legacy_use_docker
+
+        return resolve_legacy_use_docker(data) if isinstance(data, dict) else data
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        from autobots.execution.request import check_image
+
+        return None if value is None else check_image(value)
+
+    @field_validator("work_dir")
+    @classmethod
+    def _work_dir(cls, value: str | None) -> str | None:
+        from autobots.execution.request import check_work_dir
+
+        return None if value is None else check_work_dir(value)
 
 
 CodeExecution = Literal[False] | Literal["docker", "local"] | CodeExecutionObject

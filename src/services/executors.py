@@ -1,7 +1,10 @@
 """The sandboxes of one run: opened when an agent that runs code is built, closed with the run.
 
-Each agent with `code_execution_config` gets its own executor in the session's work dir, so files
-a block writes are there for the run's later blocks and for download afterwards.
+A run opens one executor (for Docker: one container) per distinct sandbox config (executor kind,
+image, work dir, timeout), shared by every agent that asks for that config: the copies of the
+sender that autonomous mode makes for parallel receivers, or several user proxies of a group
+chat. All of them work in the session's work dir, so files a block writes are there for the
+run's later blocks and for download afterwards.
 """
 
 from __future__ import annotations
@@ -19,8 +22,21 @@ from autobots.execution import (
 )
 from autobots.schemas.workflow import AgentConfig, CodeExecutionObject
 
+# (executor kind, image or None, sub dir or None, timeout in seconds)
+SandboxKey = tuple[str, str | None, str | None, int]
+
+
+class _Slot:
+    """One sandbox config's executor, opened once by whichever agent asks first."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.executor: SandboxExecutor | None = None
+
 
 class RunExecutors:
+    """Opens, shares and closes the executors of one run; safe to use from several threads."""
+
     def __init__(
         self,
         settings: ExecutionSettings,
@@ -32,48 +48,68 @@ class RunExecutors:
         self._run_id = run_id
         self._session_id = session_id
         self._on_event = on_event
-        self._lock = threading.Lock()
-        self._open: list[SandboxExecutor] = []
+        self._lock = threading.Lock()  # guards _slots and _closed; never held while opening
+        self._slots: dict[SandboxKey, _Slot] = {}
         self._closed = False
 
-    def __call__(self, cfg: AgentConfig) -> SandboxExecutor | None:
+    def _request(self, cfg: AgentConfig) -> ExecutionRequest | None:
         spec = cfg.code_execution_config
         if spec is False:
             return None
         if isinstance(spec, CodeExecutionObject):
-            request = ExecutionRequest.model_validate(spec.model_dump(exclude_none=True))
-        else:
-            request = ExecutionRequest(executor=spec)
-        executor = open_executor(
-            request,
-            session_workdir(self._settings, self._session_id),
-            self._settings,
-            self._run_id,
-            observer=self._on_event,
-        )
+            return ExecutionRequest.model_validate(spec.model_dump(exclude_none=True))
+        return ExecutionRequest(executor=spec)
+
+    def _key(self, request: ExecutionRequest) -> SandboxKey:
+        """The config as it will run, server defaults filled in: equal keys share a sandbox."""
+        kind = request.executor or self._settings.executor
+        image = (request.image or self._settings.image) if kind == "docker" else None
+        return kind, image, request.work_dir, request.timeout_s or self._settings.timeout_s
+
+    def __call__(self, cfg: AgentConfig) -> SandboxExecutor | None:
+        """The executor for an agent: the run's one for this config, opened on first use.
+
+        Opening (engine preflight) happens under the config's own lock only, so agents
+        with other configs and a concurrent close() never wait for it.
+        """
+        request = self._request(cfg)
+        if request is None:
+            return None
+        with self._lock:
+            slot = self._slots.setdefault(self._key(request), _Slot())
+        with slot.lock:
+            if slot.executor is None:
+                slot.executor = open_executor(
+                    request,
+                    session_workdir(self._settings, self._session_id),
+                    self._settings,
+                    self._run_id,
+                    observer=self._on_event,
+                )
+            executor = slot.executor
         with self._lock:
             closed = self._closed
-            if not closed:
-                self._open.append(executor)
         if closed:  # the run was cancelled while this agent was being built
             executor.close()
         return executor
+
+    def _executors(self) -> list[SandboxExecutor]:
+        with self._lock:
+            slots = list(self._slots.values())
+        return [slot.executor for slot in slots if slot.executor is not None]
 
     def close(self) -> None:
         """Idempotent, from any thread: kills running blocks and removes containers."""
         with self._lock:
             self._closed = True
-            executors = list(self._open)
-        for executor in executors:
+        for executor in self._executors():
             executor.close()
 
     def files(self) -> list[dict[str, Any]]:
         """What the run's code left in its work dirs (name relative to the session dir, size)."""
         seen: dict[str, int] = {}
-        root = session_workdir(self._settings, self._session_id) if self._open else None
-        for executor in self._open:
-            prefix = executor.work_dir.relative_to(root).as_posix() if root else "."
+        for executor in self._executors():
+            prefix = executor.sub_dir
             for info in executor.list_files():
-                name = info.name if prefix in ("", ".") else f"{prefix}/{info.name}"
-                seen[name] = info.size
+                seen[f"{prefix}/{info.name}" if prefix else info.name] = info.size
         return [{"name": name, "size": size} for name, size in sorted(seen.items())]
