@@ -55,22 +55,63 @@ def examples(server: RunningServer) -> dict[str, dict[str, Any]]:
 # the page's HTTP side ---------------------------------------------------------------------
 
 
-def test_examples_endpoint_offers_a_valid_workflow_of_each_type(server: RunningServer, user_id: str) -> None:
+def _has_key(value: Any, key: str) -> bool:
+    if isinstance(value, dict):
+        return key in value or any(_has_key(v, key) for v in value.values())
+    return isinstance(value, list) and any(_has_key(v, key) for v in value)
+
+
+def test_examples_endpoint_offers_valid_workflows_of_each_type(
+    server: RunningServer, llm: ScriptedLLM, user_id: str
+) -> None:
     response = server.get("/api/examples")
     assert response.status_code == 200
     body = response.json()
     assert body["status"] is True and body["message"]
-    by_type = {e["type"]: e for e in body["data"]}
-    assert set(by_type) == {"autonomous", "sequential", "groupchat"}
+    from autobots.web.pages import EXAMPLES_DIR
+
+    shipped = sorted(EXAMPLES_DIR.glob("*.json"))
+    assert len(body["data"]) == len(shipped), "an example file was dropped as invalid: see the server log"
+    per_type: dict[str, int] = {}
+    for example in body["data"]:
+        per_type[example["type"]] = per_type.get(example["type"], 0) + 1
+    assert per_type.keys() == {"autonomous", "sequential", "groupchat"}
+    assert min(per_type.values()) >= 2, per_type
+    assert len({e["name"] for e in body["data"]}) == len(body["data"])
+    speakers: list[str] = []  # the assistants of the example being run
+
+    def members(value: Any) -> list[str]:
+        if isinstance(value, dict):
+            own = [value["config"]["name"]] if value.get("type") == "assistant" else []
+            return own + [n for v in value.values() for n in members(v)]
+        return [n for v in value for n in members(v)] if isinstance(value, list) else []
+
+    # Any speaker selection is answered with a member's name, everything else ends the chat.
+    def respond(request: dict[str, Any]) -> str:
+        selecting = "select the next role" in json.dumps(request["messages"]).lower()
+        return speakers[0] if selecting and speakers else "Noted. TERMINATE"
+
+    llm.responder = respond
     for example in body["data"]:
         assert set(example) == {"name", "type", "description", "flow_config"}
         assert example["name"] and example["description"]
-        assert example["flow_config"]["type"] == example["type"]
+        flow = example["flow_config"]
+        assert flow["type"] == example["type"]
+        # They work offline: the server's default model, no endpoint or key of their own.
+        assert not _has_key(flow, "config_list"), example["name"]
         created = server.post(
             "/api/sessions",
-            {"user_id": user_id, "session": {"user_id": user_id, "flow_config": example["flow_config"]}},
+            {"user_id": user_id, "session": {"user_id": user_id, "flow_config": flow}},
         )
         assert created.status_code == 200, created.text
+        if _has_key(flow, "executor"):
+            continue  # needs the Docker sandbox: runs in test_code_execution's environment
+        speakers[:] = members(flow)
+        answered = server.post(
+            "/api/messages", {"message": wf.message(user_id, "Ideas for a bike lock?"), "flow_config": flow}
+        )
+        assert answered.status_code == 200, (example["name"], answered.text)
+        assert answered.json()["data"]["metadata"]["status"] == "completed", example["name"]
 
 
 def test_page_is_served_with_csp_and_sensible_caching(server: RunningServer) -> None:
