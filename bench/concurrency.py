@@ -96,6 +96,12 @@ def main() -> None:
             start_gate = threading.Barrier(args.runs)
 
             def one(i: int) -> dict:
+                try:
+                    return follow_one(i)
+                except Exception as exc:  # a crash is an error in the report, not a traceback
+                    return {"error": f"{type(exc).__name__}: {str(exc)[:80]}"}
+
+            def follow_one(i: int) -> dict:
                 session = requests.Session()
                 start_gate.wait()
                 t0 = time.perf_counter()
@@ -106,18 +112,26 @@ def main() -> None:
                 run_id = r.json()["data"]["run_id"]
                 first = first_reply = None
                 status = None
+                calls = 0
                 for event in read_events(f"{server.url}/api/runs/{run_id}/events", timeout=120):
                     now = time.perf_counter() - t0
                     first = first if first is not None else now
-                    if event.type == "llm_call" and first_reply is None:
-                        first_reply = now
+                    if event.type == "llm_call":
+                        calls += 1
+                        first_reply = first_reply if first_reply is not None else now
                     if event.type == "status":
                         status = event.data["status"]
+                error = None
+                if status != "completed":
+                    error = f"status {status}"
+                elif calls != CALLS_PER_RUN:
+                    error = f"{calls} LLM calls, not {CALLS_PER_RUN}"
                 return {
                     "first": first,
                     "first_reply": first_reply,
                     "done": time.perf_counter() - t0,
-                    "error": None if status == "completed" else f"status {status}",
+                    "calls": calls,
+                    "error": error,
                 }
 
             cpu0 = cpu_seconds(pid)
@@ -132,6 +146,7 @@ def main() -> None:
             server.stop()
             llm.stop()
 
+    served = len(llm.served)  # what the scripted LLM answered during the timed part
     ok = [r for r in results if not r["error"]]
     errors = [r["error"] for r in results if r["error"]]
     ideal = CALLS_PER_RUN * args.latency
@@ -141,8 +156,17 @@ def main() -> None:
     print(
         f"runs: {args.runs} at once, {CALLS_PER_RUN} LLM calls each, LLM latency {args.latency * 1000:.0f} ms"
     )
+    counted = sum(r.get("calls", 0) for r in results)
+    expected = CALLS_PER_RUN * args.runs
+    all_calls = served == counted == expected  # a fast wall time with fewer calls means nothing
+    met = wall < 1.5 * ideal and all_calls and not errors
     print(
-        f"wall: {wall:.2f} s (ideal {ideal:.2f} s, {wall / ideal:.2f}x; goal < 1.5x: {'met' if wall < 1.5 * ideal else 'NOT met'})"
+        f"wall: {wall:.2f} s (ideal {ideal:.2f} s, {wall / ideal:.2f}x; goal < 1.5x with every call made: "
+        f"{'met' if met else 'NOT met'})"
+    )
+    print(
+        f"LLM calls: {served} served by the scripted LLM, {counted} reported as llm_call events "
+        f"(expected {expected}: {'ok' if all_calls else 'MISMATCH'})"
     )
     print(
         f"errors: {len(errors)} {sorted(set(errors)) if errors else ''}(goal 0: {'met' if not errors else 'NOT met'})"

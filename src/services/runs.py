@@ -213,7 +213,8 @@ class RunManager:
                 )
             live.answer = text
             live.prompt_id = live.input_prompt = None
-            self._change_status(live, "running")  # a second POST now finds nothing to answer
+            changed = self._change_status(live, "running")  # a second POST finds nothing to answer
+        self._store_status(live, "running", changed)
         return self.describe(run_id)
 
     def _ask_human(self, live: LiveRun, prompt: str) -> str:
@@ -227,12 +228,15 @@ class RunManager:
                 return ""
             prompt_id = uuid.uuid4().hex
             live.prompt_id, live.input_prompt, live.answer = prompt_id, prompt, None
-            self._change_status(live, "awaiting_input")
+            asked = self._change_status(live, "awaiting_input")
             self._append(
                 live,
                 "input_request",
                 {"prompt": prompt, "agent": _asking_agent(prompt), "prompt_id": prompt_id},
             )
+        self._store_status(live, "awaiting_input", asked)
+        resumed = False
+        with live.changed:
             while live.answer is None and not self._stopping(live):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -243,7 +247,8 @@ class RunManager:
                 live.prompt_id = live.input_prompt = None
                 if not self._stopping(live):
                     self._append(live, "input_timeout", {"prompt_id": prompt_id})
-                    self._change_status(live, "running")
+                    resumed = self._change_status(live, "running")
+        self._store_status(live, "running", resumed)
         return answer or ""
 
     def _stopping(self, live: LiveRun) -> bool:
@@ -386,15 +391,23 @@ class RunManager:
     def _set_status(self, live: LiveRun, status: str) -> None:
         """A non-terminal status; never after the run concluded (terminal ones: `_conclude`)."""
         with live.changed:
-            self._change_status(live, status)
+            changed = self._change_status(live, status)
+        self._store_status(live, status, changed)
 
-    def _change_status(self, live: LiveRun, status: str) -> None:
+    def _change_status(self, live: LiveRun, status: str) -> bool:
         # Called with live.changed held: the check and the change are one step.
         if live.concluded or live.status == status:
-            return
+            return False
         live.status = status
-        self._repo.set_run_status(live.run_id, status)
         self._append(live, "status", {"status": status})
+        return True
+
+    def _store_status(self, live: LiveRun, status: str, changed: bool) -> None:
+        """Outside the run's lock: listeners must not wait for the database. Only a restart
+        reads a live run's stored status (any unfinished one means interrupted), and the
+        repository never overwrites a finished run's, so these writes need no ordering."""
+        if changed:
+            self._repo.set_run_status(live.run_id, status)
 
     def _emit(self, live: LiveRun, kind: str, data: dict[str, Any]) -> None:
         """An event from the run; dropped once the run concluded (a late call's report)."""
