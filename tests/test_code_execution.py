@@ -12,9 +12,11 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import quote
 
 import docker
 import pytest
@@ -27,6 +29,8 @@ from tests.support.scripted_llm import ScriptedLLM
 from tests.support.server import RunningServer, start_server
 
 REQUIRE_DOCKER = os.environ.get("AUTOBOTS_REQUIRE_DOCKER") == "1"
+# An image the server allows but the engine does not have: it must never be pulled.
+MISSING_IMAGE = "autobots-no-such-image:1"
 
 
 def docker_reachable() -> bool:
@@ -62,7 +66,13 @@ def exec_server(llm_server: ScriptedLLM) -> Iterator[RunningServer]:
     root.chmod(0o755)  # the local sandbox's user must be able to reach its work dir
     config = json.loads(Path(default_config_path()).read_text())
     config["code_execution"].update(
-        {"work_root": str(root / "work"), "timeout_s": 5, "memory": "256m", "pids_limit": 64}
+        {
+            "work_root": str(root / "work"),
+            "timeout_s": 5,
+            "memory": "256m",
+            "pids_limit": 64,
+            "allowed_images": ["autobots-sandbox:latest", MISSING_IMAGE],
+        }
     )
     (root / "config.json").write_text(json.dumps(config))
     env = {"OPENAI_API_KEY": SERVER_KEY, "OPENAI_BASE_URL": llm_server.base_url}
@@ -82,11 +92,11 @@ def code(text: str, language: str = "python") -> str:
     return f"Running this:\n```{language}\n{text}\n```"
 
 
-def run_code(server, llm, user_id, *blocks, executor="docker", **exec_options):
+def run_code(server, llm, user_id, *blocks, executor="docker", session_id=None, **exec_options):
     """The assistant answers with each block in turn, then TERMINATE; returns the response."""
     llm.queue(*(code(b) for b in blocks), "All done. TERMINATE")
     body = {
-        "message": wf.message(user_id, "please run code"),
+        "message": wf.message(user_id, "please run code", session_id),
         "flow_config": coder_flow(executor, **exec_options),
     }
     return server.post("/api/messages", body)
@@ -100,6 +110,24 @@ def outputs(response) -> list[str]:
 def sandbox_containers() -> list:
     client = docker.from_env()
     return client.containers.list(all=True, filters={"label": "autobots.sandbox=1"})
+
+
+def engine_events(since: float, **filters: str) -> list[dict]:
+    """What the Docker engine did since ``since`` (epoch seconds), e.g. containers it created."""
+    client = docker.from_env()
+    try:
+        return list(client.events(since=int(since), until=int(time.time()) + 1, decode=True, filters=filters))
+    finally:
+        client.close()
+
+
+def containers_created(run_id: str, since: float) -> int:
+    return len(engine_events(since, type="container", event="create", label=f"autobots.run_id={run_id}"))
+
+
+def stored_roles(server, user_id: str, session_id: str) -> list[str]:
+    r = server.get("/api/messages", user_id=user_id, session_id=session_id)
+    return [m["role"] for m in r.json()["data"]] if r.status_code == 200 else []
 
 
 @pytest.mark.parametrize("executor", EXECUTORS)
@@ -181,7 +209,14 @@ def test_endless_loop_fork_bomb_and_memory_hog_are_stopped_while_the_server_answ
 
 @pytest.mark.skipif(not REQUIRE_DOCKER and not docker_reachable(), reason="no Docker engine")
 def test_no_container_is_left_after_runs_failures_and_cancels(exec_server, llm, user_id):
-    run_code(exec_server, llm, user_id, "print('hi')", "raise SystemExit(3)")
+    since = time.time() - 1
+    r = run_code(exec_server, llm, user_id, "print('hi')", "raise SystemExit(3)")
+    assert r.status_code == 200, r.text
+    out = outputs(r)
+    assert out[0].startswith("exitcode: 0") and "hi" in out[0]
+    assert out[1].startswith("exitcode: 3")
+    # The run did start its container (so "none left" below means it was removed).
+    assert containers_created(r.json()["metadata"]["metadata"]["run_id"], since) == 1
     assert sandbox_containers() == []
     # cancel while a block runs
     llm.queue(code("import time\ntime.sleep(30)"), "never")
@@ -199,15 +234,169 @@ def test_no_container_is_left_after_runs_failures_and_cancels(exec_server, llm, 
 
 
 @pytest.mark.skipif(not REQUIRE_DOCKER and not docker_reachable(), reason="no Docker engine")
-def test_missing_image_is_a_clear_503(exec_server, llm, user_id):
+def test_missing_image_is_a_clear_503_and_never_pulled(exec_server, llm, user_id):
     llm.queue(code("print(1)"), "TERMINATE")
     body = {
         "message": wf.message(user_id, "run"),
-        "flow_config": coder_flow("docker", image="autobots-missing:0"),
+        "flow_config": coder_flow("docker", image=MISSING_IMAGE),
+    }
+    since = time.time() - 1
+    started = time.monotonic()
+    r = exec_server.post("/api/messages", body)
+    assert time.monotonic() - started < 10  # fails fast: no pull attempt, no retries
+    assert r.status_code == 503, r.text
+    message = r.json()["message"]
+    assert f"sandbox image '{MISSING_IMAGE}' not found" in message and "never pulled" in message
+    assert engine_events(since, type="image") == []  # no pull (nor anything else) of any image
+    with pytest.raises(docker.errors.ImageNotFound):
+        docker.from_env().images.get(MISSING_IMAGE)
+
+
+def test_image_the_server_does_not_allow_is_refused(exec_server, llm, user_id):
+    """A request cannot run code in an arbitrary local image (say, the server's own)."""
+    llm.queue(code("import os; print(os.environ)"), "TERMINATE")
+    body = {
+        "message": wf.message(user_id, "run"),
+        "flow_config": coder_flow("docker", image="autobots-server:latest"),
     }
     r = exec_server.post("/api/messages", body)
     assert r.status_code == 503, r.text
-    assert "autobots-missing:0" in r.json()["message"] and "not found" in r.json()["message"]
+    assert "'autobots-server:latest' is not allowed on this server" in r.json()["message"]
+    assert "code_execution.allowed_images" in r.json()["message"]
+
+
+@pytest.mark.parametrize(
+    "options, complaint",
+    [
+        ({"work_dir": "../x"}, "'..'"),
+        ({"work_dir": "/etc"}, "must be relative"),
+        ({"image": "Bad Image"}, "invalid image reference"),
+        ({"use_docker": False, "executor": "docker"}, "use_docker"),
+        ({"use_docker": "python:3.11", "image": "other:1"}, "use_docker"),
+    ],
+)
+def test_bad_code_execution_options_are_a_400_before_anything_is_stored(
+    exec_server, llm, user_id, options, complaint
+):
+    session_id = f"bad-options-{uuid.uuid4().hex[:8]}"
+    proxy = wf.userproxy(code_execution_config=options)
+    body = {
+        "message": wf.message(user_id, "run", session_id),
+        "flow_config": wf.autonomous(wf.assistant("coder"), sender=proxy),
+    }
+    r = exec_server.post("/api/messages", body)
+    assert r.status_code == 400, r.text
+    assert complaint in r.text
+    assert stored_roles(exec_server, user_id, session_id) == []
+    assert llm.served == []
+
+
+@pytest.mark.skipif(not shutil.which("bwrap") and not REQUIRE_DOCKER, reason="bubblewrap is not installed")
+def test_legacy_use_docker_false_runs_in_the_local_sandbox(exec_server, llm, user_id):
+    """AutoGen's `use_docker: false` is honoured (no Docker), but never as bare host execution."""
+    llm.queue(code("import os, socket; print('HOST', socket.gethostname(), os.getuid())"), "TERMINATE")
+    proxy = wf.userproxy(code_execution_config={"use_docker": False, "work_dir": "coding"})
+    body = {
+        "message": wf.message(user_id, "run"),
+        "flow_config": wf.autonomous(wf.assistant("coder"), sender=proxy),
+    }
+    r = exec_server.post("/api/messages", body)
+    assert r.status_code == 200, r.text
+    out = outputs(r)[0]
+    assert out.startswith("exitcode: 0")
+    expected_uid = "65534" if os.geteuid() == 0 else str(os.getuid())
+    assert out.split("HOST")[1].split() == ["sandbox", expected_uid]
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_symlink_planted_for_a_work_dir_reaches_no_host_file(exec_server, llm, user_id, executor):
+    """Code of one run replaces the sub dir a later run starts in with `ln -s / sub`."""
+    first = run_code(exec_server, llm, user_id, "import os\nos.symlink('/', 'sub')", executor=executor)
+    assert first.status_code == 200, first.text
+    assert outputs(first)[0].startswith("exitcode: 0")
+    sid = first.json()["metadata"]["session_id"]
+    db = str(exec_server.db_path)
+    probe = (
+        "import os\n"
+        "print('CWD', os.getcwd())\n"
+        f"for path in [{db.lstrip('/')!r}, {db!r}]:\n"
+        "    try:\n"
+        "        print('READ', len(open(path, 'rb').read()))\n"
+        "    except OSError as exc:\n"
+        "        print('NO-HOST-FILE', type(exc).__name__)\n"
+    )
+    second = run_code(exec_server, llm, user_id, probe, executor=executor, session_id=sid, work_dir="sub")
+    assert second.status_code == 200, second.text
+    out = outputs(second)[0]
+    assert "READ" not in out and out.count("NO-HOST-FILE") == 2, out
+    assert second.json()["metadata"]["metadata"]["files"] == []
+    assert (
+        exec_server.get(f"/api/sessions/{sid}/files/sub/{db.lstrip('/')}", user_id=user_id).status_code == 404
+    )
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_symlink_planted_by_code_is_not_served(exec_server, llm, user_id, executor):
+    r = run_code(
+        exec_server,
+        llm,
+        user_id,
+        "import os\nos.symlink('/etc/passwd', 'p')\nos.symlink('/etc', 'etc')\nopen('real.txt', 'w').write('r')",
+        executor=executor,
+    )
+    assert r.status_code == 200, r.text
+    assert outputs(r)[0].startswith("exitcode: 0")
+    sid = r.json()["metadata"]["session_id"]
+    assert r.json()["metadata"]["metadata"]["files"] == [{"name": "real.txt", "size": 1}]
+    assert exec_server.get(f"/api/sessions/{sid}/files/real.txt", user_id=user_id).status_code == 200
+    for planted in ("p", "etc/passwd"):
+        got = exec_server.get(f"/api/sessions/{sid}/files/{planted}", user_id=user_id)
+        assert got.status_code == 404, planted
+        assert b"root:" not in got.content
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_session_id_that_is_no_directory_name_runs_code_and_serves_files(exec_server, llm, user_id, executor):
+    """Old clients send any session id, e.g. with a space; it must not be a 500."""
+    sid = f"my chat {uuid.uuid4().hex[:6]}"
+    r = run_code(
+        exec_server, llm, user_id, "open('out.txt', 'w').write('spaced')", executor=executor, session_id=sid
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["metadata"]["session_id"] == sid
+    assert {"name": "out.txt", "size": 6} in r.json()["metadata"]["metadata"]["files"]
+    got = exec_server.get(f"/api/sessions/{quote(sid)}/files/out.txt", user_id=user_id)
+    assert got.status_code == 200 and got.content == b"spaced"
+
+
+@pytest.mark.skipif(not REQUIRE_DOCKER and not docker_reachable(), reason="no Docker engine")
+def test_parallel_receivers_share_one_container(exec_server, llm, user_id):
+    """Autonomous mode copies the sender for each receiver; the run still has one sandbox."""
+
+    def respond(body: dict) -> str:
+        last = body["messages"][-1]["content"] or ""
+        if last.startswith("exitcode"):
+            return "Done. TERMINATE"
+        name = "one" if "You are coder_one" in body["messages"][0]["content"] else "two"
+        return code(
+            f"import time; time.sleep(0.5); open('{name}.txt', 'w').write('{name}'); print('{name} ran')"
+        )
+
+    llm.responder = respond
+    proxy = wf.userproxy(code_execution_config="docker", max_consecutive_auto_reply=3)
+    body = {
+        "message": wf.message(user_id, "both run code"),
+        "flow_config": wf.autonomous(wf.assistant("coder_one"), wf.assistant("coder_two"), sender=proxy),
+    }
+    since = time.time() - 1
+    r = exec_server.post("/api/messages", body)
+    assert r.status_code == 200, r.text
+    said = " ".join(outputs(r))
+    assert "one ran" in said and "two ran" in said
+    files = r.json()["metadata"]["metadata"]["files"]
+    assert {"name": "one.txt", "size": 3} in files and {"name": "two.txt", "size": 3} in files
+    assert containers_created(r.json()["metadata"]["metadata"]["run_id"], since) == 1
+    assert sandbox_containers() == []
 
 
 def test_unreachable_engine_is_a_clear_503(llm, tmp_path, user_id):
