@@ -27,14 +27,39 @@ from autogen.coding.base import CodeBlock, CommandLineCodeResult
 from autobots.execution import (
     ExecutionRequest,
     ExecutionSettings,
+    ExecutionUnavailable,
     SandboxExecutor,
     open_executor,
     session_workdir,
 )
+from autobots.execution.local_executor import check_bwrap
+
+# CI sets it: a machine where bubblewrap cannot build its sandbox then fails the local
+# sandbox's tests instead of skipping them.
+REQUIRE_LOCAL = os.environ.get("AUTOBOTS_REQUIRE_LOCAL") == "1"
 
 SECRET_ENV = "AUTOBOTS_TEST_SERVER_SECRET"
 SECRET_VALUE = "sk-secret-d0n0tleak-7c1f9e"
 HOST_MARKER = "HOST-DATABASE-MARKER-5e2b7a"
+
+
+def local_sandbox_problem() -> str | None:
+    """Why the local (bubblewrap) sandbox cannot run here, or None if it can."""
+    try:
+        check_bwrap()
+    except ExecutionUnavailable as exc:
+        return str(exc)
+    return None
+
+
+def require_local_sandbox() -> None:
+    """Skip the calling test without a usable local sandbox; fail instead with AUTOBOTS_REQUIRE_LOCAL=1."""
+    problem = local_sandbox_problem()
+    if problem is None:
+        return
+    if REQUIRE_LOCAL:
+        pytest.fail(f"AUTOBOTS_REQUIRE_LOCAL=1 but the local sandbox is unavailable: {problem}")
+    pytest.skip(f"local sandbox unavailable: {problem} (AUTOBOTS_REQUIRE_LOCAL=1 makes this fail)")
 
 
 @contextmanager

@@ -24,6 +24,7 @@ import requests
 
 from autobots.settings import default_config_path
 from tests.conftest import SERVER_KEY
+from tests.execution_support import REQUIRE_LOCAL, local_sandbox_problem, require_local_sandbox
 from tests.support import workflows as wf
 from tests.support.scripted_llm import ScriptedLLM
 from tests.support.server import RunningServer, start_server
@@ -54,7 +55,8 @@ EXECUTORS = [
     pytest.param(
         "local",
         marks=pytest.mark.skipif(
-            not shutil.which("bwrap") and not REQUIRE_DOCKER, reason="bubblewrap is not installed"
+            not REQUIRE_LOCAL and local_sandbox_problem() is not None,
+            reason="the local sandbox is unavailable here (AUTOBOTS_REQUIRE_LOCAL=1 makes this fail)",
         ),
     ),
 ]
@@ -291,9 +293,9 @@ def test_bad_code_execution_options_are_a_400_before_anything_is_stored(
     assert llm.served == []
 
 
-@pytest.mark.skipif(not shutil.which("bwrap") and not REQUIRE_DOCKER, reason="bubblewrap is not installed")
 def test_legacy_use_docker_false_runs_in_the_local_sandbox(exec_server, llm, user_id):
     """AutoGen's `use_docker: false` is honoured (no Docker), but never as bare host execution."""
+    require_local_sandbox()
     llm.queue(code("import os, socket; print('HOST', socket.gethostname(), os.getuid())"), "TERMINATE")
     proxy = wf.userproxy(code_execution_config={"use_docker": False, "work_dir": "coding"})
     body = {

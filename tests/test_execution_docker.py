@@ -30,11 +30,11 @@ from autobots.execution import (
     sweep_orphans,
 )
 from autobots.execution.docker_engine import LABEL_OWNER, LABEL_RUN, LABEL_SANDBOX, owner_label
-from autobots.execution.local_executor import check_bwrap
 from tests.execution_support import (
     ContainmentScenarios,
     make_settings,
     open_for,
+    require_local_sandbox,
     run,
     run_measuring_lag,
     work_root,
@@ -295,10 +295,7 @@ def test_unreachable_engine(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_fallback_to_local(monkeypatch: pytest.MonkeyPatch) -> None:
-    try:
-        check_bwrap()
-    except ExecutionUnavailable as exc:
-        pytest.skip(f"local sandbox unavailable: {exc}")
+    require_local_sandbox()
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/autobots-test/docker.sock")
     with work_root() as root:
         settings = make_settings(root, fallback_to_local=True)

@@ -17,20 +17,16 @@ from autobots.execution import (
     open_executor,
     session_workdir,
 )
-from tests.execution_support import ContainmentScenarios, make_settings, open_for, run, work_root
+from tests.execution_support import (
+    ContainmentScenarios,
+    make_settings,
+    open_for,
+    require_local_sandbox,
+    run,
+    work_root,
+)
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _bwrap_usable() -> str | None:
-    try:
-        local_executor.check_bwrap()
-    except ExecutionUnavailable as exc:
-        return str(exc)
-    return None
-
-
-_BWRAP_PROBLEM = _bwrap_usable()
 
 
 @pytest.fixture
@@ -39,9 +35,14 @@ def root() -> Iterator[Path]:
         yield path
 
 
-@pytest.mark.skipif(_BWRAP_PROBLEM is not None, reason=f"local sandbox unavailable: {_BWRAP_PROBLEM}")
 class TestLocalSandbox(ContainmentScenarios):
+    """Skipped where bubblewrap cannot build its sandbox, unless AUTOBOTS_REQUIRE_LOCAL=1 (CI)."""
+
     kind = "local"
+
+    @pytest.fixture(autouse=True)
+    def _local_sandbox(self) -> None:
+        require_local_sandbox()
 
     def test_is_bubblewrap(self, root: Path) -> None:
         with open_for("local", make_settings(root)) as ex:
@@ -82,8 +83,8 @@ def test_bwrap_missing_is_reported(root: Path, monkeypatch: pytest.MonkeyPatch, 
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create an unreachable parent dir for uid 65534")
-@pytest.mark.skipif(_BWRAP_PROBLEM is not None, reason=f"local sandbox unavailable: {_BWRAP_PROBLEM}")
 def test_unreachable_work_dir_is_reported(root: Path) -> None:
+    require_local_sandbox()
     hidden = root / "private"
     hidden.mkdir(mode=0o700)
     settings = make_settings(hidden)
