@@ -462,6 +462,37 @@ def test_an_abandoned_call_stops_generating(endpoint: EmbeddedEndpoint, client: 
     assert delta["generations"] == 2 and delta["cancelled"] == 1
 
 
+def test_a_call_abandoned_while_queued_never_generates(
+    endpoint: EmbeddedEndpoint, client: openai.OpenAI
+) -> None:
+    """A caller that gives up while waiting for the model costs nothing once its turn comes."""
+    before = _stats(endpoint)
+    busy = client.chat.completions.create(
+        model=SMALL,
+        messages=[{"role": "user", "content": "Tell me a long story about a harbour."}],
+        max_tokens=200,
+        temperature=0,
+        logit_bias=NO_EOS,  # type: ignore[arg-type]
+        stream=True,
+    )
+    chunks = iter(busy)
+    next(chunks)  # generating now, holding the model until its 200 tokens are written
+    with pytest.raises(openai.APITimeoutError):
+        client.with_options(timeout=1.0, max_retries=0).chat.completions.create(
+            model=SMALL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=100
+        )
+    rest = list(chunks)
+    assert rest[-1].choices[0].finish_reason == "length"  # the busy stream was not disturbed
+    follow_up = client.chat.completions.create(
+        model=SMALL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=4, temperature=0
+    )
+    assert follow_up.usage is not None
+    delta = _delta(_stats(endpoint), before)
+    assert delta["generations"] == 2, "the abandoned queued call was generated for nobody"
+    assert delta["cancelled"] == 0
+    assert delta["completion_tokens"] == 200 + follow_up.usage.completion_tokens
+
+
 def test_agents_taking_turns_resume_from_their_own_cached_prefix(
     endpoint: EmbeddedEndpoint, client: openai.OpenAI
 ) -> None:

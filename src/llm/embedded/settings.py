@@ -31,7 +31,8 @@ class EmbeddedSettings(BaseModel):
     # behind other agents' replies on the CPU, so they get longer than remote endpoints.
     request_timeout_s: float = Field(default=600, gt=0)
     # Which embedded models the managed server offers; None means every known model whose
-    # weight packages are installed.  Restricting it saves disk (no 1.1 GB assembly) and RAM.
+    # weight packages are installed.  Each is prepared (the default's 1.1 GB assembled and
+    # hashed) and loaded only when first asked for, so offering one costs nothing until used.
     models: list[str] | None = None
     # Per-model context window overrides (tokens); the registry's defaults otherwise.
     context_size: dict[str, int] = Field(default_factory=dict)
