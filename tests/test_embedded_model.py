@@ -546,6 +546,9 @@ def test_a_server_in_use_is_not_restarted_for_a_model_it_lacks(
     )
     assert result.returncode == 0, result.stderr
     assert "refused:" in result.stdout and "not restarted" in result.stdout
+    # Nor for this process, whose other threads may be mid-request on it.
+    with pytest.raises(EmbeddedModelError, match="not restarted because this autobots process"):
+        embedded_endpoint(QWEN, settings.model_copy(update={"models": None}))
     assert _state(settings)["pid"] == state["pid"]
     assert process_start_time(state["pid"]) == state["start"]
     reply = client.chat.completions.create(

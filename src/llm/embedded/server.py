@@ -429,16 +429,25 @@ def _ensure(model: str, settings: EmbeddedSettings, state_dir: Path) -> _Attachm
                 return attachment
             # Alive but not offering this model: it started before the weights were
             # installed, or under settings that left the model out.  Restarting it would cut
-            # off other processes' requests in flight, so only an unused server is replaced.
+            # off requests in flight (other processes', or other threads' of this one), so
+            # only a server nobody uses is replaced.
             others = _other_clients(state_dir)
-            if others:
+            mine = _attachments.get(state_dir)
+            if mine is not None and (mine.owner_pid, mine.server_pid) == (os.getpid(), attachment.server_pid):
+                users = "this autobots process is using it"
+                remedy = "restart autobots"
+            elif others:
+                users = f"{len(others)} other autobots process(es) are using it"
+                remedy = "they stop"
+            else:
+                users = ""
+            if users:
                 raise EmbeddedModelError(
                     f"The running embedded model server (pid {attachment.server_pid}) does not offer "
                     f"{model}; it offers {', '.join(attachment.models)} (it started before {model}'s "
                     f"weights were installed, or under an 'embedded.models' setting without it). "
-                    f"{len(others)} other autobots process(es) are using it, so it is not restarted; "
-                    f"{model} becomes available once they stop, or give this process its own "
-                    "'embedded.server_dir'."
+                    f"It is not restarted because {users}; {model} becomes available once {remedy}, "
+                    "or give this process its own 'embedded.server_dir'."
                 )
             log.warning("Restarting the unused embedded model server to add %s", model)
             _terminate(attachment.server_pid, attachment.server_start, attachment.process)
