@@ -117,6 +117,8 @@ def resolve(config: LLMConfig, settings: Settings, start_embedded: bool = True) 
         # The embedded model answers one request at a time on the CPU: a call may wait in its
         # queue behind other agents' replies, which is slow but not a failure.
         timeout = max(timeout, settings.embedded.request_timeout_s)
+    # No single call may outlast the run's own time cap.
+    timeout = min(timeout, settings.limits.max_run_seconds)
     llm_config: dict[str, Any] = {
         "config_list": entries,
         "temperature": config.temperature,

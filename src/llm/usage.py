@@ -186,6 +186,15 @@ class UsageRecorder:
         with self._lock:
             self._cancelled = True
 
+    def expire(self) -> RunLimitExceeded:
+        """The run's wall time is up while something still runs: every later check stops it."""
+        with self._lock:
+            if self.limit_hit is None:
+                self.limit_hit = RunLimitExceeded(
+                    "max_run_seconds", f"the run reached its time cap of {self.limits.max_run_seconds:g} s"
+                )
+            return self.limit_hit
+
     @property
     def elapsed_s(self) -> float:
         return time.monotonic() - self._started

@@ -28,7 +28,7 @@ from autobots.agents.workflows import Turn, WorkflowOutcome, build_team, run_wor
 from autobots.execution import ExecutionUnavailable
 from autobots.llm import endpoints
 from autobots.llm.embedded import EmbeddedModelError
-from autobots.llm.usage import LLMCall, RunCancelled, UsageRecorder, recording
+from autobots.llm.usage import LLMCall, RunCancelled, RunLimitExceeded, UsageRecorder, recording
 from autobots.schemas.chat import Message, Session
 from autobots.schemas.workflow import AgentWorkFlowConfig, LLMConfig
 from autobots.services.executors import RunExecutors
@@ -319,11 +319,25 @@ class ChatService:
                 return control.reply
             if control.recorder is None:  # never started: nothing was said
                 control.finished = True
-        control.cancel()
+        return self._stop_now(run, control, None)
+
+    def stop_at_time_cap(self, run: PreparedRun, control: RunControl) -> Message | None:
+        """The run's wall-time cap passed while an LLM call or a code block was still running:
+        end the run now, as any cap does (what was said, and a note); the worker, when its call
+        returns, finds it finished. None when the run already ended or never started."""
+        with control.lock:
+            if control.finished or control.recorder is None:
+                return control.reply
+            limit = control.recorder.expire()
+        return self._stop_now(run, control, limit)
+
+    def _stop_now(self, run: PreparedRun, control: RunControl, limit: RunLimitExceeded | None) -> Message:
+        control.cancel()  # the pending call is abandoned; sandboxes are killed
         transcript = control.transcript
         said = _last_said(transcript) if transcript is not None else ""
         files = control.executors.files() if control.executors is not None else []
-        return self.finish(run, control, WorkflowOutcome(said), "cancelled", files)
+        status = "cancelled" if limit is None else "completed"
+        return self.finish(run, control, WorkflowOutcome(said, limit), status, files)
 
 
 def _timing(start: datetime, end: datetime) -> dict[str, Any]:

@@ -115,10 +115,16 @@ class RunManager:
         raise RunFailed("the run ended without an answer", live.run_id, live.prepared.message)
 
     def _work(self, live: LiveRun) -> None:
+        cap: threading.Timer | None = None
         try:
             if live.concluded:  # cancelled while queued
                 return
             self._set_status(live, "running")
+            # The hard wall-time cap: limits are checked before every LLM call and code block,
+            # but one call or block may hang past the cap; this ends the run then regardless.
+            cap = threading.Timer(self._chat.settings.limits.max_run_seconds, self._time_cap, (live,))
+            cap.daemon = True
+            cap.start()
             observer = RunObserver(
                 on_message=lambda m: self._emit(live, "message", m.as_dict()),
                 on_call=lambda c: self._emit(live, "llm_call", _call_event(c)),
@@ -138,6 +144,8 @@ class RunManager:
             log.exception("run %s failed unexpectedly", live.run_id)
             self._fail_unexpectedly(live)
         finally:
+            if cap is not None:
+                cap.cancel()
             if not live.concluded:  # a conclusion that itself failed: still end the run
                 self._fail_unexpectedly(live)
             self._writer.flush()  # everything the run said is stored before it counts as done
@@ -193,6 +201,26 @@ class RunManager:
             with live.changed:
                 live.changed.notify_all()  # wake a run waiting for a human
         return self.describe(run_id)
+
+    def cancel_session(self, user_id: str, session_id: str) -> None:
+        """Stop the user's live runs of a session (it is about to be deleted)."""
+        with self._lock:
+            lives = [
+                live
+                for live in self._live.values()
+                if live.prepared.message.session_id == session_id and live.prepared.message.user_id == user_id
+            ]
+        for live in lives:
+            self.cancel(live.run_id)
+
+    def _time_cap(self, live: LiveRun) -> None:
+        if live.concluded:
+            return
+        reply = self._chat.stop_at_time_cap(live.prepared, live.control)
+        if reply is not None:
+            self._conclude(live, reply=reply)
+        with live.changed:
+            live.changed.notify_all()  # wake a run waiting for a human
 
     def provide_input(self, run_id: str, text: str, prompt_id: str | None = None) -> dict[str, Any]:
         """Answer the prompt the run is waiting on now. `prompt_id`, when given, must be that
