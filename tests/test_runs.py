@@ -524,3 +524,38 @@ def test_a_run_waits_queued_for_a_free_worker_and_can_be_cancelled_there(small_s
     assert wait_status(small_server, third["run_id"], {"completed"})["usage"]["llm_calls"] == 1
     assert len(llm.served) == 2  # the cancelled run never called the LLM
     assert small_server.get(f"/api/runs/{waiting['run_id']}").json()["data"]["status"] == "cancelled"
+
+
+def test_deleting_a_session_mid_run_cancels_it_and_other_runs_keep_their_records(server, llm, user_id):
+    """`/api/cleardb` while a run of the session is waiting on its LLM: the run is cancelled, the
+    session is gone, and another session's run that finishes meanwhile keeps every event and call."""
+
+    def respond(body):
+        text = str(body["messages"])
+        return (
+            Reply("late answer TERMINATE", delay=3.0)
+            if "doomed" in text
+            else Reply("kept TERMINATE", delay=1.5)
+        )
+
+    llm.responder = respond
+    doomed = start(server, user_id, "doomed question", wf.autonomous(wf.assistant()))
+    wait_status(server, doomed["run_id"], {"running"})
+    other = start(server, user_id, "other question", wf.autonomous(wf.assistant()))
+    time.sleep(0.5)  # both calls are now in flight
+    r = server.post("/api/cleardb", {"user_id": user_id, "session_id": doomed["session_id"]})
+    assert r.status_code == 200, r.text
+    assert doomed["session_id"] not in [s["session_id"] for s in r.json()["data"]]
+    assert server.get(f"/api/runs/{doomed['run_id']}").status_code == 404
+    assert server.get("/api/messages", user_id=user_id, session_id=doomed["session_id"]).status_code == 404
+
+    done = wait_status(server, other["run_id"], {"completed"})
+    assert done["status"] == "completed"
+    time.sleep(3.0)  # the deleted run's late call returns and its worker ends
+    events = all_events(server, other["run_id"])
+    kinds = [e.type for e in events]
+    assert kinds[-2:] == ["final", "status"] and "llm_call" in kinds and "message" in kinds
+    assert [e.id for e in events] == list(range(1, len(events) + 1))
+    assert server.get(f"/api/runs/{other['run_id']}").json()["data"]["usage"]["llm_calls"] == 1
+    assert "could not store" not in server.log()
+    assert server.get(f"/api/runs/{doomed['run_id']}").status_code == 404

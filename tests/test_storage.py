@@ -119,3 +119,43 @@ def test_two_first_messages_of_one_new_session_both_land_in_it(server, llm, user
     msgs = server.get("/api/messages", user_id=user_id, session_id="shared-new-session").json()["data"]
     assert len(msgs) == 8
     assert len(server.get("/api/sessions", user_id=user_id).json()["data"]) == 1
+
+
+def test_a_batch_with_rows_of_a_deleted_run_still_stores_the_other_runs_rows(tmp_path, user_id):
+    """The event writer stores many runs' rows in one transaction: a run deleted mid-flight (its
+    session cleared) must not cost the others their events and calls."""
+    from datetime import UTC, datetime
+
+    from autobots.schemas.chat import Message, Session
+    from autobots.storage.database import make_session_factory
+    from autobots.storage.repository import Repository
+
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'b.sqlite'}")
+    migrate(engine)
+    repo = Repository(make_session_factory(engine))
+    flow = wf.autonomous(wf.assistant())
+    for sid in ("keep", "drop"):
+        session = Session(session_id=sid, user_id=user_id, flow_config=flow)
+        repo.start_run(f"run-{sid}", Message(user_id=user_id, session_id=sid, content="q"), session)
+    assert repo.delete_user_sessions(user_id, "drop") is True  # the user cleared it mid-run
+    call = {
+        "agent": "a",
+        "model": "m",
+        "prompt_tokens": 1,
+        "completion_tokens": 1,
+        "total_tokens": 2,
+        "cost_usd": "0",
+        "price_known": True,
+        "cached": False,
+        "latency_s": 0.1,
+        "started_at": datetime.now(UTC),
+        "error": None,
+    }
+    repo.add_events_and_calls(
+        [("run-drop", 1, "status", {}), ("run-keep", 1, "status", {"status": "running"})],
+        [("run-drop", "drop", call), ("run-keep", "keep", call)],
+    )
+    assert repo.events_after("run-keep", 0) == [(1, "status", {"status": "running"})]
+    assert len(repo.llm_calls("run-keep")) == 1
+    assert repo.events_after("run-drop", 0) == [] and repo.llm_calls("run-drop") == []
+    assert repo.finish_run("run-drop", "cancelled", None) is False

@@ -55,7 +55,9 @@ def publish_session(body: PublishRequest) -> tuple[Response, int]:
 
 @bp.post("/cleardb", responses={200: SessionsResponse, **ERRORS})
 def clear_session(body: ClearDbRequest) -> tuple[Response, int]:
-    """Delete a session and its messages (its published gallery copies stay)."""
+    """Delete a session and its messages (its published gallery copies stay); its live runs
+    are cancelled first."""
     svc = services().sessions
+    services().runs.cancel_session(body.user_id, body.session_id)
     svc.clear_session(body.user_id, body.session_id)
     return envelope(True, "session deleted", data=_dump(svc.list_sessions(body.user_id)))
