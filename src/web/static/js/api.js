@@ -64,7 +64,8 @@ export const api = {
 
   run: async (runId) => (await call("GET", `/api/runs/${seg(runId)}`)).data,
   cancelRun: async (runId) => (await call("POST", `/api/runs/${seg(runId)}/cancel`, {})).data,
-  answerRun: async (runId, text) => (await call("POST", `/api/runs/${seg(runId)}/input`, { text })).data,
+  answerRun: async (runId, text, promptId) =>
+    (await call("POST", `/api/runs/${seg(runId)}/input`, promptId ? { text, prompt_id: promptId } : { text })).data,
   runEventsUrl: (runId, after = 0) => `/api/runs/${seg(runId)}/events${after ? `?${q({ last_event_id: after })}` : ""}`,
 
   publish: async (userId, sessionId, tags) =>

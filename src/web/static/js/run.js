@@ -241,7 +241,7 @@ export class RunView {
     this.hooks.onChange?.(this);
   }
 
-  on_input_request({ prompt, agent }) {
+  on_input_request({ prompt, agent, prompt_id: promptId }) {
     // A new question may arrive before the answer to the last one has been acknowledged.
     if (this.pendingInput && !this.pendingInput.answering) return;
     const skip = h("button", { type: "button", class: "btn btn-ghost small" }, "Continue without replying");
@@ -254,7 +254,7 @@ export class RunView {
       renderPlain(prompt || "Your input is needed.", "input-prompt"),
       h("div", { class: "input-actions" }, answer, skip),
     );
-    this.pendingInput = { prompt, agent, card, answer, skip };
+    this.pendingInput = { prompt, agent, promptId, card, answer, skip };
     this.steps.append(card);
     this.typing.hidden = true;
     this.hooks.onInputRequest?.(this, { prompt, agent });
@@ -286,7 +286,9 @@ export class RunView {
     pending.answering = true;
     pending.skip.disabled = true;
     try {
-      await api.answerRun(this.runId, text);
+      // The prompt's id: an answer that arrives after the prompt timed out is refused, never
+      // taken as the answer to the agents' next question.
+      await api.answerRun(this.runId, text, pending.promptId);
     } catch (err) {
       pending.answering = false;
       pending.skip.disabled = false;
