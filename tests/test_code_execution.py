@@ -261,10 +261,13 @@ def test_image_the_server_does_not_allow_is_refused(exec_server, llm, user_id):
         "message": wf.message(user_id, "run"),
         "flow_config": coder_flow("docker", image="autobots-server:latest"),
     }
+    before = len(exec_server.get("/api/sessions", user_id=user_id).json()["data"])
     r = exec_server.post("/api/messages", body)
-    assert r.status_code == 503, r.text
+    assert r.status_code == 400, r.text
     assert "'autobots-server:latest' is not allowed on this server" in r.json()["message"]
     assert "code_execution.allowed_images" in r.json()["message"]
+    assert len(exec_server.get("/api/sessions", user_id=user_id).json()["data"]) == before  # nothing stored
+    assert llm.served == []
 
 
 @pytest.mark.parametrize(

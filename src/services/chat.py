@@ -30,7 +30,7 @@ from autobots.llm import endpoints
 from autobots.llm.embedded import EmbeddedModelError
 from autobots.llm.usage import LLMCall, RunCancelled, RunLimitExceeded, UsageRecorder, recording
 from autobots.schemas.chat import Message, Session
-from autobots.schemas.workflow import AgentWorkFlowConfig, LLMConfig
+from autobots.schemas.workflow import AgentConfig, AgentWorkFlowConfig, CodeExecutionObject, LLMConfig
 from autobots.services.executors import RunExecutors
 from autobots.settings import Settings
 from autobots.storage.repository import Conflict, Repository
@@ -158,13 +158,26 @@ class ChatService:
                 self._validated.move_to_end(key)
                 return
         recorder = UsageRecorder(self.settings.limits)
-        factory = AgentFactory(recorder, Transcript(recorder), self._check_llm, _no_execution)
+        factory = AgentFactory(recorder, Transcript(recorder), self._check_llm, self._check_execution)
         with IOStream.set_default(RunIOStream()):
             build_team(flow, factory)
         with self._validated_lock:
             self._validated[key] = None
             while len(self._validated) > 512:
                 self._validated.popitem(last=False)
+
+    def _check_execution(self, cfg: AgentConfig) -> None:
+        """Validation builds agents without opening sandboxes, but refuses what the server's
+        settings never allow, so that such a request is a 400 before anything is stored."""
+        spec = cfg.code_execution_config
+        image = spec.image if isinstance(spec, CodeExecutionObject) else None
+        if image is not None and not self.settings.code_execution.image_allowed(image):
+            raise WorkflowConfigError(
+                f"agent '{cfg.name}': sandbox image '{image}' is not allowed on this server: "
+                f"use the default image '{self.settings.code_execution.image}' or ask the operator "
+                "to add it to code_execution.allowed_images"
+            )
+        return None
 
     # answering ---------------------------------------------------------------------------------
 
@@ -346,11 +359,6 @@ def _timing(start: datetime, end: datetime) -> dict[str, Any]:
         "end": end.isoformat(),
         "duration_s": round((end - start).total_seconds(), 6),
     }
-
-
-def _no_execution(_cfg: Any) -> None:
-    """Validation builds agents without opening sandboxes."""
-    return None
 
 
 def _last_said(transcript: Transcript) -> str:
