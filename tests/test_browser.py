@@ -422,8 +422,8 @@ def test_publish_with_tags_and_read_it_in_the_gallery(
     page.locator("#tag-filter").fill(tag)
     page.locator("#tag-filter").press("Enter")
     chat.wait_for_hash(f"#/gallery?tag={tag}")
+    page.locator("#gallery-status", has_text=f"1 conversation tagged “{tag}”").wait_for()
     cards = page.locator(".gallery-card")
-    cards.first.wait_for()
     assert cards.count() == 1
     assert "Multiplying" in cards.first.inner_text()
     assert page.locator(".tag.active", has_text=tag).count() >= 1

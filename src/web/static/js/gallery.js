@@ -64,17 +64,22 @@ export class GalleryView {
   }
 
   async show(tag) {
+    // Only the newest request may render: a slower answer to an earlier filter must not
+    // overwrite the list the person asked for last.
+    const request = (this.request = Symbol("gallery"));
     this.input.value = tag || "";
     this.status.textContent = "Loading…";
     this.list.replaceChildren();
     try {
       const [items, all] = await Promise.all([api.gallery(tag), tag ? api.gallery() : null]);
+      if (this.request !== request) return;
       this.allTags = [...new Set((all || items).flatMap((i) => i.tags || []))].sort((a, b) => a.localeCompare(b));
       this.renderTags(tag);
       this.list.replaceChildren(...items.map((i) => card(i, tag)));
       if (items.length) this.status.textContent = tag ? `${plural(items.length, "conversation")} tagged “${tag}”` : `${plural(items.length, "published conversation")}`;
       else this.status.textContent = tag ? `Nothing is tagged “${tag}” yet.` : "Nothing has been published yet. Open a chat and choose Publish to share it here.";
     } catch (err) {
+      if (this.request !== request) return;
       this.status.textContent = `Could not load the gallery: ${err.message}`;
     }
   }
