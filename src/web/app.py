@@ -25,6 +25,8 @@ from autobots.web.errors import register_error_handlers, validation_error_respon
 def create_app(settings: Settings | None = None) -> OpenAPI:
     settings = settings or load_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every LLM request at INFO: a line per agent turn drowns what the server says.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     app = OpenAPI(
         __name__,
         info=Info(title="autobots", version=__version__),

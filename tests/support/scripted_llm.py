@@ -135,6 +135,10 @@ class ScriptedLLM:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes: on a kept-alive connection Nagle's algorithm
+            # would hold the body until the client's delayed ACK (~40 ms), a delay no real
+            # endpoint adds and one that would swamp what the benchmarks measure.
+            disable_nagle_algorithm = True
 
             def log_message(self, *_args: Any) -> None:
                 return None
