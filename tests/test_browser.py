@@ -78,6 +78,8 @@ def test_examples_endpoint_offers_valid_workflows_of_each_type(
     assert per_type.keys() == {"autonomous", "sequential", "groupchat"}
     assert min(per_type.values()) >= 2, per_type
     assert len({e["name"] for e in body["data"]}) == len(body["data"])
+    # The page offers the first one to a new visitor: it must work without a code sandbox.
+    assert not _has_key(body["data"][0]["flow_config"], "executor"), body["data"][0]["name"]
     speakers: list[str] = []  # the assistants of the example being run
 
     def members(value: Any) -> list[str]:

@@ -75,8 +75,22 @@ def load_examples(directory: Path = EXAMPLES_DIR) -> list[ExampleWorkflow]:
                 flow_config=flow,
             )
         )
-    examples.sort(key=lambda e: (TYPE_ORDER.get(e.type, len(TYPE_ORDER)), e.name.lower()))
+    # Within a type, teams that run code come last: the page picks the first example for a new
+    # visitor, and a server without a sandbox must still answer that one.
+    examples.sort(
+        key=lambda e: (TYPE_ORDER.get(e.type, len(TYPE_ORDER)), _runs_code(e.flow_config), e.name.lower())
+    )
     return examples
+
+
+def _runs_code(value: Any) -> bool:
+    """Whether any agent of a workflow (members included) has code execution on."""
+    if isinstance(value, dict):
+        config = value.get("config")
+        if isinstance(config, dict) and config.get("code_execution_config") not in (None, False):
+            return True
+        return any(_runs_code(v) for v in value.values())
+    return isinstance(value, list) and any(_runs_code(v) for v in value)
 
 
 @bp.get("/api/examples", responses={200: ExamplesResponse})
