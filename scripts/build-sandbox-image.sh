@@ -40,9 +40,16 @@ die() { echo "build-sandbox-image.sh: $*" >&2; exit 1; }
 command -v docker >/dev/null 2>&1 || die "docker CLI not found (apt-get install -y docker.io)"
 docker info >/dev/null 2>&1 || die "Docker engine not reachable (DOCKER_HOST=${DOCKER_HOST:-default}); start it with scripts/start-dockerd.sh and export the DOCKER_HOST it prints"
 
+# The sandbox user's uid: src/execution/settings.py DOCKER_SANDBOX_UID (above UID_MAX, so never
+# a person's uid on the host). An image made for another uid is rebuilt.
+SANDBOX_UID=61000
 if [ "${FORCE}" -eq 0 ] && docker image inspect "${TAG}" >/dev/null 2>&1; then
-    echo "image ${TAG} already exists (use --force to rebuild)"
-    exit 0
+    built_uid="$(docker image inspect "${TAG}" --format '{{index .Config.Labels "autobots.sandbox.uid"}}')"
+    if [ "${built_uid}" = "${SANDBOX_UID}" ]; then
+        echo "image ${TAG} already exists (use --force to rebuild)"
+        exit 0
+    fi
+    echo "image ${TAG} was built for sandbox uid '${built_uid:-1000}': rebuilding for ${SANDBOX_UID}"
 fi
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (debootstrap and chroot need it)"
@@ -89,7 +96,7 @@ MIRROR="${AUTOBOTS_SANDBOX_MIRROR:-$(find_mirror)}"
 
 CACHE_DIR="${AUTOBOTS_SANDBOX_CACHE:-/var/cache/autobots-sandbox}"
 PACKAGES="python3${AUTOBOTS_SANDBOX_PACKAGES:+,${AUTOBOTS_SANDBOX_PACKAGES}}"
-CACHE_KEY="$(printf '%s|%s|%s' "${SUITE}" "${MIRROR}" "${PACKAGES}" | sha256sum | cut -c1-12)"
+CACHE_KEY="$(printf '%s|%s|%s|%s' "${SUITE}" "${MIRROR}" "${PACKAGES}" "${SANDBOX_UID}" | sha256sum | cut -c1-12)"
 ROOTFS_TAR="${CACHE_DIR}/rootfs-${SUITE}-${CACHE_KEY}.tar"
 mkdir -p "${CACHE_DIR}"
 
@@ -112,12 +119,12 @@ if [ "${NO_CACHE}" -eq 1 ] || [ ! -s "${ROOTFS_TAR}" ]; then
 
     # `python` is what LLM-written shell snippets and autogen call.
     ln -sf python3 "${ROOTFS}/usr/bin/python"
-    # Non-root user; uid 1000 is what the executor runs code as.
-    chroot "${ROOTFS}" /usr/sbin/groupadd --gid 1000 sandbox
-    chroot "${ROOTFS}" /usr/sbin/useradd --uid 1000 --gid 1000 --create-home --home-dir /home/sandbox \
-        --shell /bin/bash sandbox
+    # Non-root user; its uid is what the executor runs code as.
+    chroot "${ROOTFS}" /usr/sbin/groupadd --gid "${SANDBOX_UID}" sandbox
+    chroot "${ROOTFS}" /usr/sbin/useradd --uid "${SANDBOX_UID}" --gid "${SANDBOX_UID}" --create-home \
+        --home-dir /home/sandbox --shell /bin/bash sandbox
     mkdir -p "${ROOTFS}/workspace"
-    chown 1000:1000 "${ROOTFS}/workspace"
+    chown "${SANDBOX_UID}:${SANDBOX_UID}" "${ROOTFS}/workspace"
     chroot "${ROOTFS}" /usr/bin/timeout --version >/dev/null || die "coreutils timeout missing in rootfs"
     chroot "${ROOTFS}" /usr/bin/python --version >/dev/null || die "python missing in rootfs"
 
@@ -140,6 +147,7 @@ docker import \
     --change 'ENV LANG=C.UTF-8' \
     --change 'ENV HOME=/home/sandbox' \
     --change 'LABEL org.opencontainers.image.title=autobots-sandbox' \
+    --change "LABEL autobots.sandbox.uid=${SANDBOX_UID}" \
     --change 'CMD ["sleep","infinity"]' \
     - "${TAG}" <"${ROOTFS_TAR}" >/dev/null
 echo "built ${TAG}"

@@ -30,6 +30,7 @@ from autobots.execution import (
     sweep_orphans,
 )
 from autobots.execution.docker_engine import LABEL_OWNER, LABEL_RUN, LABEL_SANDBOX, owner_label
+from autobots.execution.settings import DOCKER_SANDBOX_GID, DOCKER_SANDBOX_UID
 from tests.execution_support import (
     ContainmentScenarios,
     make_settings,
@@ -93,7 +94,8 @@ class TestDockerSandbox(ContainmentScenarios):
             assert isinstance(ex, DockerSandboxExecutor) and ex.kind == "docker"
             assert ex.container_id is None  # started lazily, by the first block
             who = run(ex, "import os; print(os.getuid(), os.getcwd())")
-            assert who.output.split() == ["1000", "/workspace"]
+            uid = str(DOCKER_SANDBOX_UID) if os.geteuid() == 0 else str(os.getuid())
+            assert who.output.split() == [uid, "/workspace"]
             attrs = engine.containers.get(ex.container_id).attrs
             host = attrs["HostConfig"]
             assert host["NetworkMode"] == "none"
@@ -107,7 +109,11 @@ class TestDockerSandbox(ContainmentScenarios):
             assert ulimits["nofile"] == (256, 256) and ulimits["core"] == (0, 0)
             assert ulimits["fsize"] == (256 * 1024**2, 256 * 1024**2)
             assert set(host["Tmpfs"]) == {"/tmp"} and "noexec" in host["Tmpfs"]["/tmp"]
-            expected_user = "1000:1000" if os.geteuid() == 0 else f"{os.getuid()}:{os.getgid()}"
+            expected_user = (
+                f"{DOCKER_SANDBOX_UID}:{DOCKER_SANDBOX_GID}"
+                if os.geteuid() == 0
+                else f"{os.getuid()}:{os.getgid()}"
+            )
             assert attrs["Config"]["User"] == expected_user
             assert attrs["Config"]["User"].split(":")[0] not in ("", "0", "root")
             # Only the session dir is mounted, never a sub dir or anything else of the host.
@@ -118,7 +124,7 @@ class TestDockerSandbox(ContainmentScenarios):
             ro = run(ex, "open('/usr/evil', 'w')")
             assert ro.exit_code != 0 and "Read-only file system" in ro.output
             root_try = run(ex, "id -u; su -c id root </dev/null 2>&1 || true", "sh")
-            assert root_try.output.split()[0] == "1000"
+            assert root_try.output.split()[0] == uid
 
     def test_no_container_left_after_close(self, root: Path, engine: docker.DockerClient) -> None:
         ex = open_for("docker", make_settings(root), session="left1")

@@ -6,8 +6,8 @@ the run's later blocks through ``exec``: a container start costs ~0.5 s, an exec
 host the execs and reaps whatever they leave behind.
 
 Ownership of the bind-mounted work dir: when the server runs as root, the run's
-work dir tree is chowned to the image's ``sandbox`` user (uid/gid 1000) and the
-container runs as 1000:1000, so code can write its files and the server (root)
+work dir tree is chowned to the image's ``sandbox`` user (uid/gid 61000) and the
+container runs as 61000:61000, so code can write its files and the server (root)
 can still read them. When the server is not root it cannot chown; the container
 then runs as the server's own uid/gid, which owns the dir already. Either way the
 process in the container is not root and has no capabilities.

@@ -14,9 +14,11 @@ import pydantic
 
 from .request import check_image
 
-# Container uid/gid for the Docker sandbox: the `sandbox` user of the image.
-DOCKER_SANDBOX_UID = 1000
-DOCKER_SANDBOX_GID = 1000
+# Container uid/gid for the Docker sandbox: the `sandbox` user of the image. Above the
+# UID_MAX (60000) of Debian's login.defs, so it is never a person's uid on the host: a root
+# server chowns work dirs to it, and a person who owned them could change what it serves.
+DOCKER_SANDBOX_UID = 61000
+DOCKER_SANDBOX_GID = 61000
 # Host uid/gid the bubblewrap sandbox runs as when the server runs as root. Root must
 # not be the sandbox's real uid: the kernel exempts root from RLIMIT_NPROC, so a
 # fork bomb would only be stopped by the wall-clock timeout.
