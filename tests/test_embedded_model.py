@@ -462,6 +462,50 @@ def test_an_abandoned_call_stops_generating(endpoint: EmbeddedEndpoint, client: 
     assert delta["generations"] == 2 and delta["cancelled"] == 1
 
 
+def test_tagged_calls_stop_when_their_tag_is_cancelled(endpoint: EmbeddedEndpoint) -> None:
+    """A run's calls carry its id; cancelling the run stops them at once, the running one and
+    the one still queued behind it, and each caller gets its answer back right away."""
+    tagged = openai.OpenAI(
+        base_url=endpoint.base_url,
+        api_key=endpoint.api_key,
+        max_retries=0,
+        timeout=120,
+        default_headers=endpoint.config_entry("run-cancel-me")["default_headers"],
+    )
+    before = _stats(endpoint)
+    outcomes: list[str] = []
+
+    def long_call(stream: bool) -> None:
+        try:
+            reply = tagged.chat.completions.create(
+                model=SMALL,
+                messages=[{"role": "user", "content": "Tell me a very long story about a lighthouse."}],
+                max_tokens=1900,
+                temperature=0,
+                logit_bias=NO_EOS,  # type: ignore[arg-type]
+                stream=stream,
+            )
+            if stream:
+                list(reply)  # type: ignore[arg-type]
+            outcomes.append("answered")
+        except openai.APIError as exc:
+            outcomes.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=long_call, args=(stream,)) for stream in (True, False)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.5)  # the stream generates; the other call queues behind it
+    assert endpoint.cancel("run-cancel-me") == 2
+    for thread in threads:
+        thread.join(30)
+    assert not any(t.is_alive() for t in threads), "a cancelled call kept its caller waiting"
+    assert len(outcomes) == 2
+    assert endpoint.cancel("run-cancel-me") == 0  # nothing of that run is left
+    delta = _delta(_stats(endpoint), before)
+    assert delta["completion_tokens"] < 1900, "the cancelled stream generated all its tokens"
+    assert delta["generations"] == 1, "the cancelled queued call was generated for nobody"
+
+
 def test_a_call_abandoned_while_queued_never_generates(
     endpoint: EmbeddedEndpoint, client: openai.OpenAI
 ) -> None:

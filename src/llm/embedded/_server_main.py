@@ -55,12 +55,17 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 HEALTH_PATH = "/autobots/health"
+# A client may tag its requests (``TAG_HEADER: <tag>``) and stop all of them at once with
+# ``POST CANCEL_PATH/<tag>``: autobots tags each run's calls with the run's id, so cancelling a
+# run frees the model at once instead of after its pending reply is generated for nobody.
+TAG_HEADER = "X-Autobots-Run"
+CANCEL_PATH = "/autobots/cancel"
 
 
 def process_start_time(pid: int) -> str | None:
@@ -347,6 +352,39 @@ class ResidentModels:
             self._loaded.clear()
 
 
+class TaggedGenerations:
+    """The stop callbacks of the generations in flight, by their client's tag."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stops: dict[str, list[Callable[[], None]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def track(self, tag: str | None, stop: Callable[[], None]) -> AsyncIterator[None]:
+        if not tag:
+            yield
+            return
+        with self._lock:
+            self._stops.setdefault(tag, []).append(stop)
+        try:
+            yield
+        finally:
+            with self._lock:
+                stops = self._stops.get(tag, [])
+                if stop in stops:
+                    stops.remove(stop)
+                if not stops:
+                    self._stops.pop(tag, None)
+
+    def cancel(self, tag: str) -> int:
+        """Stop every generation tagged `tag` (called on the event loop); how many there were."""
+        with self._lock:
+            stops = list(self._stops.get(tag, []))
+        for stop in stops:
+            stop()
+        return len(stops)
+
+
 def build_app(config: dict[str, Any], models: ResidentModels) -> Any:
     """The FastAPI app: llama_cpp.server's router behind our chat route and health route."""
     import anyio
@@ -378,8 +416,10 @@ def build_app(config: dict[str, Any], models: ResidentModels) -> Any:
         # OpenAI's newer name for max_tokens, which some clients send instead.
         max_completion_tokens: int | None = None
 
+    tagged = TaggedGenerations()
+
     async def _publish(
-        send_chan: Any, body: ChatRequest, kwargs: dict[str, Any], include_usage: bool
+        send_chan: Any, body: ChatRequest, kwargs: dict[str, Any], include_usage: bool, tag: str | None
     ) -> None:
         """Stream one generation, holding the model lock from the first token to the last.
 
@@ -408,36 +448,49 @@ def build_app(config: dict[str, Any], models: ResidentModels) -> Any:
                 llama.cancel = None
                 loop.call_soon_threadsafe(queue.put_nowait, ("end", None))
 
-        async with contextlib.asynccontextmanager(llama_app.get_llama_proxy)() as proxy, send_chan:
-            llama = llama_app.prepare_request_resources(body, proxy, body.model, kwargs)
-            failed = False
-            try:
-                async with anyio.create_task_group() as group:
-                    # A worker thread cannot be interrupted; the task group waits for it,
-                    # so the model lock is only released once generation has stopped.
-                    group.start_soon(anyio.to_thread.run_sync, produce, llama)
-                    try:
-                        while True:
-                            kind, item = await queue.get()
-                            if kind == "chunk":
-                                await send_chan.send({"data": json.dumps(item)})
-                            elif kind == "error":
-                                failed = True
-                                await send_chan.send({"data": json.dumps({"error": _error_body(item)})})
-                            else:
-                                break
-                        if not failed:
-                            await send_chan.send({"data": "[DONE]"})
-                    finally:
-                        # Here, inside the task group: when the client goes away this task is
-                        # cancelled, and the group then waits for the worker thread; the flag
-                        # must be up before that wait, or the thread generates to max_tokens
-                        # while holding the model lock every other request queues on.
-                        cancelled.set()
-            finally:
-                cancelled.set()
+        # Cancelled by tag: stop generating, or stop waiting for the model if still queued; the
+        # stream then just ends (send_chan is closed on the way out whatever happened).
+        async with send_chan:
+            with anyio.CancelScope() as scope:
 
-    async def _complete(request: Request, body: ChatRequest, kwargs: dict[str, Any]) -> Any:
+                def stop() -> None:
+                    cancelled.set()
+                    scope.cancel()
+
+                async with (
+                    tagged.track(tag, stop),
+                    contextlib.asynccontextmanager(llama_app.get_llama_proxy)() as proxy,
+                ):
+                    llama = llama_app.prepare_request_resources(body, proxy, body.model, kwargs)
+                    failed = False
+                    try:
+                        async with anyio.create_task_group() as group:
+                            # A worker thread cannot be interrupted; the task group waits for
+                            # it, so the model lock is only released once generation stopped.
+                            group.start_soon(anyio.to_thread.run_sync, produce, llama)
+                            try:
+                                while True:
+                                    kind, item = await queue.get()
+                                    if kind == "chunk":
+                                        await send_chan.send({"data": json.dumps(item)})
+                                    elif kind == "error":
+                                        failed = True
+                                        error = {"error": _error_body(item)}
+                                        await send_chan.send({"data": json.dumps(error)})
+                                    else:
+                                        break
+                                if not failed:
+                                    await send_chan.send({"data": "[DONE]"})
+                            finally:
+                                # Here, inside the task group: when the client goes away this
+                                # task is cancelled, and the group then waits for the worker
+                                # thread; the flag must be up before that wait, or the thread
+                                # generates to max_tokens holding the lock others queue on.
+                                cancelled.set()
+                    finally:
+                        cancelled.set()
+
+    async def _complete(request: Request, body: ChatRequest, kwargs: dict[str, Any], tag: str | None) -> Any:
         """One non-streaming completion that stops as soon as its client disconnects.
 
         A caller that gave up (its timeout, a cancelled run) would otherwise leave the model
@@ -462,7 +515,11 @@ def build_app(config: dict[str, Any], models: ResidentModels) -> Any:
             cancelled.set()
             scope.cancel()
 
-        async with anyio.create_task_group() as group:
+        def stop() -> None:  # the client cancelled by tag: like a disconnect
+            cancelled.set()
+            group.cancel_scope.cancel()
+
+        async with anyio.create_task_group() as group, tagged.track(tag, stop):
             group.start_soon(watch_disconnect, group.cancel_scope)
             try:
                 async with contextlib.asynccontextmanager(llama_app.get_llama_proxy)() as proxy:
@@ -487,8 +544,13 @@ def build_app(config: dict[str, Any], models: ResidentModels) -> Any:
     async def health() -> dict[str, Any]:
         return {"instance": config["instance"], "pid": os.getpid(), **models.status()}
 
+    @router.post(CANCEL_PATH + "/{tag}", dependencies=[Depends(llama_app.authenticate)])
+    async def cancel(tag: str) -> dict[str, Any]:
+        return {"cancelled": tagged.cancel(tag)}
+
     @router.post("/v1/chat/completions", dependencies=[Depends(llama_app.authenticate)])
     async def chat(request: Request, body: ChatRequest) -> Any:
+        tag = request.headers.get(TAG_HEADER)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         if body.max_tokens is None:
             # llama.cpp's default is "until the context is full": on 2 cores a rambling
@@ -502,10 +564,10 @@ def build_app(config: dict[str, Any], models: ResidentModels) -> Any:
             send_chan, recv_chan = anyio.create_memory_object_stream[dict[str, str]](10)
             return EventSourceResponse(
                 recv_chan,
-                data_sender_callable=partial(_publish, send_chan, body, kwargs, include_usage),
+                data_sender_callable=partial(_publish, send_chan, body, kwargs, include_usage, tag),
                 sep="\n",
             )
-        return await _complete(request, body, kwargs)
+        return await _complete(request, body, kwargs, tag)
 
     app = FastAPI(title="autobots embedded models", version=llama_app.llama_cpp.__version__)
     app.add_middleware(RawContextMiddleware, plugins=(RequestIdPlugin(),))

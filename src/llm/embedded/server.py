@@ -46,6 +46,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,9 +83,25 @@ class EmbeddedEndpoint(BaseModel):
     model: str
     api_key: str = Field(repr=False)
 
-    def config_entry(self) -> dict[str, Any]:
-        """An AutoGen ``config_list`` entry; ``price`` [0, 0] makes AutoGen's cost exactly 0."""
-        return {"model": self.model, "base_url": self.base_url, "api_key": self.api_key, "price": [0, 0]}
+    def config_entry(self, tag: str | None = None) -> dict[str, Any]:
+        """An AutoGen ``config_list`` entry; ``price`` [0, 0] makes AutoGen's cost exactly 0.
+        With a ``tag`` (a run's id), every call it makes can be stopped by :meth:`cancel`."""
+        entry: dict[str, Any] = {
+            "model": self.model,
+            "base_url": self.base_url,
+            "api_key": self.api_key,
+            "price": [0, 0],
+        }
+        if tag:
+            entry["default_headers"] = {_server_main.TAG_HEADER: tag}
+        return entry
+
+    def cancel(self, tag: str, timeout: float = 5.0) -> int:
+        """Stop the generations of the calls tagged ``tag`` now (running or still queued);
+        returns how many there were. Their callers get their answers (or an error) at once."""
+        root = self.base_url.removesuffix("/v1")
+        url = f"{root}{_server_main.CANCEL_PATH}/{urllib.parse.quote(tag, safe='')}"
+        return int(_http_json(url, timeout, payload={}, token=self.api_key).get("cancelled", 0))
 
 
 @dataclass
