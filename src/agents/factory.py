@@ -57,6 +57,8 @@ class AgentFactory:
         self._executors = executors
         self.requested_models: list[str] = []
         self.notes: list[str] = []
+        # Stop the agents' LLM calls in flight where the endpoint can (the embedded model).
+        self.stoppers: list[Callable[[], None]] = []
 
     def llm_config_for(self, spec: AgentFlowSpec) -> dict[str, Any] | bool:
         """AutoGen's llm_config for an agent; assistants and managers get the default model."""
@@ -69,6 +71,7 @@ class AgentFactory:
             raise WorkflowConfigError(f"agent '{spec.agent_name}': {exc}") from exc
         self.recorder.add_prices(resolved.prices)
         self.notes.extend(n for n in resolved.notes if n not in self.notes)
+        self.stoppers.extend(resolved.stoppers)
         for model in resolved.requested_models:
             if model not in self.requested_models:
                 self.requested_models.append(model)

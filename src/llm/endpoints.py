@@ -12,8 +12,10 @@ Rules, so that the server's key can never be sent somewhere a request chose:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
@@ -73,22 +75,28 @@ class ResolvedLLMConfig:
     prices: dict[str, Price] = field(default_factory=dict)
     requested_models: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Each stops this config's calls in flight to an embedded model (a run's cancel calls them).
+    stoppers: list[Callable[[], None]] = field(default_factory=list)
 
 
 def server_has_endpoint(settings: Settings) -> bool:
     return bool(settings.openai_api_key or settings.openai_base_url)
 
 
-def resolve(config: LLMConfig, settings: Settings, start_embedded: bool = True) -> ResolvedLLMConfig:
-    """`start_embedded=False` only checks names: validating a config must not load a model."""
+def resolve(
+    config: LLMConfig, settings: Settings, start_embedded: bool = True, run_tag: str | None = None
+) -> ResolvedLLMConfig:
+    """`start_embedded=False` only checks names: validating a config must not load a model.
+    `run_tag` tags the calls to embedded models so that the run can stop them (`stoppers`)."""
     entries: list[dict[str, Any]] = []
+    stoppers: list[Callable[[], None]] = []
     prices: dict[str, Price] = {}
     notes: list[str] = []
     default = settings.llm.default_model if server_has_endpoint(settings) else settings.embedded.default_model
     entries_in = config.config_list or [ModelEndpoint(model=default)]
     for entry in entries_in:
         if embedded.is_embedded(entry.model):
-            resolved = _embedded_entry(entry.model, settings, start_embedded)
+            resolved = _embedded_entry(entry.model, settings, start_embedded, run_tag, stoppers)
         else:
             resolved = _resolve_entry(entry, settings)
             if entry.price is not None:
@@ -100,7 +108,7 @@ def resolve(config: LLMConfig, settings: Settings, start_embedded: bool = True) 
         # Nothing the request named can be reached: answer with the embedded model rather
         # than fail, and say so in the answer's metadata.
         fallback = settings.embedded.default_model
-        entries.append(_embedded_entry(fallback, settings, start_embedded))
+        entries.append(_embedded_entry(fallback, settings, start_embedded, run_tag, stoppers))
         notes.append(
             f"no usable key or endpoint for {', '.join(e.model for e in entries_in)}: "
             f"answered by the embedded model {fallback}"
@@ -126,17 +134,26 @@ def resolve(config: LLMConfig, settings: Settings, start_embedded: bool = True) 
         "cache_seed": config.cache_seed,
         "timeout": math.ceil(timeout),
     }
-    return ResolvedLLMConfig(llm_config, prices, [e.model for e in entries_in], notes)
+    return ResolvedLLMConfig(llm_config, prices, [e.model for e in entries_in], notes, stoppers)
 
 
-def _embedded_entry(model: str, settings: Settings, start: bool) -> dict[str, Any]:
+def _embedded_entry(
+    model: str,
+    settings: Settings,
+    start: bool,
+    run_tag: str | None = None,
+    stoppers: list[Callable[[], None]] | None = None,
+) -> dict[str, Any]:
     if model not in embedded.known_models():
         raise NoUsableEndpoint(
             f"unknown embedded model '{model}'; known: {', '.join(embedded.known_models())}"
         )
     if not start:
         return {"model": model, "api_key": NO_KEY, "base_url": "http://127.0.0.1:9/v1", "price": [0, 0]}
-    entry = embedded.embedded_endpoint(model, settings.embedded).config_entry()
+    endpoint = embedded.embedded_endpoint(model, settings.embedded)
+    entry = endpoint.config_entry(run_tag)
+    if run_tag and stoppers is not None:
+        stoppers.append(lambda: _stop_quietly(endpoint, run_tag))
     entry["http_client"] = shared_http_client(local=True)
     entry["max_retries"] = 0
     return entry
@@ -160,3 +177,9 @@ def _resolve_entry(entry: ModelEndpoint, settings: Settings) -> dict[str, Any] |
     if entry.price is not None:
         resolved["price"] = list(entry.price)
     return resolved
+
+
+def _stop_quietly(endpoint: embedded.EmbeddedEndpoint, tag: str) -> None:
+    """Best effort: a model server that is gone has nothing left to stop."""
+    with contextlib.suppress(OSError, ValueError):
+        endpoint.cancel(tag)

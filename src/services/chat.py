@@ -91,6 +91,8 @@ class RunControl:
     recorder: UsageRecorder | None = None
     transcript: Transcript | None = None
     executors: RunExecutors | None = None
+    # Stop the run's LLM calls in flight (the factory's list, filled as agents are built).
+    stoppers: list[Callable[[], None]] = field(default_factory=list)
     requested_models: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -103,6 +105,8 @@ class RunControl:
             self.recorder.cancel()
         if self.executors is not None:
             self.executors.close()
+        for stop in list(self.stoppers):
+            stop()
 
 
 _KEY_PATTERN = re.compile(r"(sk-|key-)[A-Za-z0-9_\-*]{6,}")
@@ -131,8 +135,8 @@ class ChatService:
 
     # the request's flow ------------------------------------------------------------------------
 
-    def _resolve_llm(self, config: LLMConfig) -> endpoints.ResolvedLLMConfig:
-        return endpoints.resolve(config, self.settings)
+    def _resolve_llm(self, config: LLMConfig, run_id: str) -> endpoints.ResolvedLLMConfig:
+        return endpoints.resolve(config, self.settings, run_tag=run_id)
 
     def _check_llm(self, config: LLMConfig) -> endpoints.ResolvedLLMConfig:
         return endpoints.resolve(config, self.settings, start_embedded=False)
@@ -232,9 +236,12 @@ class ChatService:
         recorder = UsageRecorder(self.settings.limits, on_call=on_call)
         transcript = Transcript(recorder, on_message=observer.on_message)
         executors = RunExecutors(self.settings.code_execution, run.run_id, session_id, observer.on_event)
-        factory = AgentFactory(recorder, transcript, self._resolve_llm, executors)
+        factory = AgentFactory(
+            recorder, transcript, lambda config: self._resolve_llm(config, run.run_id), executors
+        )
         with control.lock:
             control.recorder, control.transcript, control.executors = recorder, transcript, executors
+            control.stoppers = factory.stoppers
             cancelled_early = control.finished
         if cancelled_early:
             recorder.cancel()
