@@ -113,11 +113,11 @@ def test_two_first_messages_of_one_new_session_both_land_in_it(server, llm, user
         "message": wf.message(user_id, "hi", "shared-new-session"),
         "flow_config": wf.autonomous(wf.assistant()),
     }
-    with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda _: server.post("/api/messages", body), range(4)))
-    assert [r.status_code for r in results] == [200] * 4, [r.text for r in results]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: server.post("/api/messages", body), range(8)))
+    assert [r.status_code for r in results] == [200] * 8, [r.text for r in results]
     msgs = server.get("/api/messages", user_id=user_id, session_id="shared-new-session").json()["data"]
-    assert len(msgs) == 8
+    assert len(msgs) == 16
     assert len(server.get("/api/sessions", user_id=user_id).json()["data"]) == 1
 
 

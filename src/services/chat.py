@@ -191,8 +191,12 @@ class ChatService:
             raise BadRequest("message.role must be 'user' for a message to answer")
         session_id = message.session_id or str(uuid.uuid4())
         session = self.repo.get_session(message.user_id, session_id)
-        if session is None and self.repo.session_owner(session_id) is not None:
-            raise NotFound(f"session {session_id} not found")
+        if session is None:
+            owner = self.repo.session_owner(session_id)
+            if owner is not None and owner != message.user_id:
+                raise NotFound(f"session {session_id} not found")  # someone else's looks absent
+            if owner is not None:  # the user's own, created just now by a concurrent request
+                session = self.repo.get_session(message.user_id, session_id)
         if flow is None:
             if session is None:
                 raise BadRequest("flow_config is required for a new session")
