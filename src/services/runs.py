@@ -21,7 +21,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -193,13 +193,8 @@ class RunManager:
 
     def cancel(self, run_id: str) -> dict[str, Any]:
         live = self._live_run(run_id)
-        if live is not None and not live.concluded:
-            reply = self._chat.cancel(live.prepared, live.control)
-            if reply is not None:
-                self._conclude(live, reply=reply)
-            # else the worker's failure was stored first; the worker announces it
-            with live.changed:
-                live.changed.notify_all()  # wake a run waiting for a human
+        if live is not None:
+            self._stop(live, self._chat.cancel)
         return self.describe(run_id)
 
     def cancel_session(self, user_id: str, session_id: str) -> None:
@@ -214,9 +209,15 @@ class RunManager:
             self.cancel(live.run_id)
 
     def _time_cap(self, live: LiveRun) -> None:
+        self._stop(live, self._chat.stop_at_time_cap)
+
+    def _stop(self, live: LiveRun, stop: Callable[[PreparedRun, RunControl], Message | None]) -> None:
+        """End a live run from outside its worker (a cancel, the time cap): `stop` stores the
+        answer with what was said; None means the worker's failure was stored first, and the
+        worker announces it."""
         if live.concluded:
             return
-        reply = self._chat.stop_at_time_cap(live.prepared, live.control)
+        reply = stop(live.prepared, live.control)
         if reply is not None:
             self._conclude(live, reply=reply)
         with live.changed:
