@@ -9,8 +9,8 @@ from pathlib import Path
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from autobots.settings import load_settings
-    from autobots.web.server import serve
+    from .settings import load_settings
+    from .web.server import serve
 
     settings = load_settings(args.config)
     updates = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
@@ -20,13 +20,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """Run one workflow here, printing each agent message as it is said, then cost and timing."""
-    from autobots.agents.transcript import InnerMessage
-    from autobots.schemas.chat import Message
-    from autobots.schemas.workflow import AgentWorkFlowConfig
-    from autobots.services.chat import BadRequest, ChatService, RunFailed, RunObserver
-    from autobots.settings import load_settings
-    from autobots.storage.database import create_db_engine, make_session_factory, migrate
-    from autobots.storage.repository import Repository
+    from .agents.transcript import InnerMessage
+    from .schemas.chat import Message
+    from .schemas.workflow import AgentWorkFlowConfig
+    from .services.chat import BadRequest, ChatService, RunFailed, RunObserver
+    from .settings import load_settings
+    from .storage.database import create_db_engine, make_session_factory, migrate
+    from .storage.repository import Repository
 
     try:
         raw = json.loads(Path(args.workflow).read_text(encoding="utf-8"))

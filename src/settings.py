@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from autobots.execution.settings import ExecutionSettings
-from autobots.llm.embedded.settings import EmbeddedSettings
+from .execution.settings import ExecutionSettings
+from .llm.embedded.settings import EmbeddedSettings
 
 
 class RunLimits(BaseModel):

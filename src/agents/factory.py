@@ -13,11 +13,11 @@ from typing import Any
 from autogen import AssistantAgent, ConversableAgent, GroupChat, GroupChatManager, UserProxyAgent
 from autogen.agentchat import Agent
 
-from autobots.agents.iostream import answer_silence_as_never
-from autobots.agents.transcript import Transcript, message_text
-from autobots.llm.endpoints import NoUsableEndpoint, ResolvedLLMConfig
-from autobots.llm.usage import UsageRecorder, billed_to
-from autobots.schemas.workflow import AgentConfig, AgentFlowSpec, AgentType, LLMConfig
+from ..llm.endpoints import NoUsableEndpoint, ResolvedLLMConfig
+from ..llm.usage import UsageRecorder, billed_to
+from ..schemas.workflow import AgentConfig, AgentFlowSpec, AgentType, LLMConfig
+from .iostream import answer_silence_as_never
+from .transcript import Transcript, message_text
 
 # Given an agent's config, the AutoGen code executor for it (or None for no execution).
 ExecutorSource = Callable[[AgentConfig], Any]

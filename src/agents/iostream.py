@@ -22,7 +22,7 @@ from typing import Any
 from autogen import Agent, ConversableAgent
 from autogen.events.client_events import StreamEvent
 
-from autobots.agents.transcript import Transcript
+from .transcript import Transcript
 
 # The agent deciding whether to ask a human now, with the messages and sender it decides on.
 _ASKING: ContextVar[tuple[ConversableAgent, list[dict[str, Any]] | None, Agent | None] | None] = ContextVar(

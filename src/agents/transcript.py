@@ -16,7 +16,7 @@ from typing import Any
 
 from autogen import Agent, ConversableAgent, GroupChatManager
 
-from autobots.llm.usage import UsageRecorder, summarize
+from ..llm.usage import UsageRecorder, summarize
 
 
 @dataclass(frozen=True)

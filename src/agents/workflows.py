@@ -14,15 +14,15 @@ from typing import Any
 
 from autogen import ConversableAgent
 
-from autobots.agents.factory import AgentFactory, WorkflowConfigError
-from autobots.llm.usage import RunLimitExceeded
-from autobots.schemas.workflow import (
+from ..llm.usage import RunLimitExceeded
+from ..schemas.workflow import (
     AgentFlowSpec,
     AgentType,
     AgentWorkFlowConfig,
     SummaryMethod,
     WorkflowType,
 )
+from .factory import AgentFactory, WorkflowConfigError
 
 
 @dataclass(frozen=True)

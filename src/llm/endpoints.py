@@ -22,10 +22,10 @@ from typing import Any
 
 import httpx
 
-from autobots.llm import embedded
-from autobots.llm.pricing import Price, config_price
-from autobots.schemas.workflow import LLMConfig, ModelEndpoint
-from autobots.settings import Settings
+from ..schemas.workflow import LLMConfig, ModelEndpoint
+from ..settings import Settings
+from . import embedded
+from .pricing import Price, config_price
 
 # The OpenAI SDK insists on a key; local OpenAI-compatible servers ignore it.
 NO_KEY = "no-key-needed"

@@ -21,8 +21,8 @@ from typing import Any
 from autogen import runtime_logging
 from autogen.logger.base_logger import BaseLogger
 
-from autobots.llm.pricing import Price, autogen_price
-from autobots.settings import RunLimits
+from ..settings import RunLimits
+from .pricing import Price, autogen_price
 
 
 class RunStopped(Exception):

@@ -6,8 +6,8 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from autobots.schemas.chat import GalleryItem, Message, Session
-from autobots.schemas.workflow import AgentWorkFlowConfig
+from .chat import GalleryItem, Message, Session
+from .workflow import AgentWorkFlowConfig
 
 T = TypeVar("T")
 

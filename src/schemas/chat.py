@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from autobots.schemas.workflow import AgentWorkFlowConfig
+from .workflow import AgentWorkFlowConfig
 
 IdStr = str
 

@@ -105,21 +105,21 @@ class CodeExecutionObject(_Lenient):
     @model_validator(mode="before")
     @classmethod
     def _legacy_use_docker(cls, data: Any) -> Any:
-        from autobots.execution.request import resolve_legacy_use_docker
+        from ..execution.request import resolve_legacy_use_docker
 
         return resolve_legacy_use_docker(data) if isinstance(data, dict) else data
 
     @field_validator("image")
     @classmethod
     def _image(cls, value: str | None) -> str | None:
-        from autobots.execution.request import check_image
+        from ..execution.request import check_image
 
         return None if value is None else check_image(value)
 
     @field_validator("work_dir")
     @classmethod
     def _work_dir(cls, value: str | None) -> str | None:
-        from autobots.execution.request import check_work_dir
+        from ..execution.request import check_work_dir
 
         return None if value is None else check_work_dir(value)
 

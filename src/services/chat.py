@@ -21,19 +21,19 @@ from typing import Any
 import openai
 from autogen.io.base import IOStream
 
-from autobots.agents.factory import AgentFactory, WorkflowConfigError
-from autobots.agents.iostream import RunIOStream
-from autobots.agents.transcript import InnerMessage, Transcript
-from autobots.agents.workflows import Turn, WorkflowOutcome, build_team, run_workflow
-from autobots.execution import ExecutionUnavailable
-from autobots.llm import endpoints
-from autobots.llm.embedded import EmbeddedModelError
-from autobots.llm.usage import LLMCall, RunCancelled, RunLimitExceeded, UsageRecorder, recording
-from autobots.schemas.chat import Message, Session
-from autobots.schemas.workflow import AgentConfig, AgentWorkFlowConfig, CodeExecutionObject, LLMConfig
-from autobots.services.executors import RunExecutors
-from autobots.settings import Settings
-from autobots.storage.repository import Conflict, Repository
+from ..agents.factory import AgentFactory, WorkflowConfigError
+from ..agents.iostream import RunIOStream
+from ..agents.transcript import InnerMessage, Transcript
+from ..agents.workflows import Turn, WorkflowOutcome, build_team, run_workflow
+from ..execution import ExecutionUnavailable
+from ..llm import endpoints
+from ..llm.embedded import EmbeddedModelError
+from ..llm.usage import LLMCall, RunCancelled, RunLimitExceeded, UsageRecorder, recording
+from ..schemas.chat import Message, Session
+from ..schemas.workflow import AgentConfig, AgentWorkFlowConfig, CodeExecutionObject, LLMConfig
+from ..settings import Settings
+from ..storage.repository import Conflict, Repository
+from .executors import RunExecutors
 
 
 class NotFound(LookupError):

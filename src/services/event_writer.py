@@ -13,7 +13,7 @@ import queue
 import threading
 from typing import Any
 
-from autobots.storage.repository import Repository
+from ..storage.repository import Repository
 
 log = logging.getLogger(__name__)
 

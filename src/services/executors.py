@@ -13,14 +13,14 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from autobots.execution import (
+from ..execution import (
     ExecutionRequest,
     ExecutionSettings,
     SandboxExecutor,
     open_executor,
     session_workdir,
 )
-from autobots.schemas.workflow import AgentConfig, CodeExecutionObject
+from ..schemas.workflow import AgentConfig, CodeExecutionObject
 
 # (executor kind, image or None, sub dir or None, timeout in seconds)
 SandboxKey = tuple[str, str | None, str | None, int]

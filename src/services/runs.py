@@ -27,14 +27,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from autobots.agents.workflows import WorkflowOutcome
-from autobots.llm.usage import LLMCall, summarize
-from autobots.schemas.chat import Message
-from autobots.schemas.workflow import AgentWorkFlowConfig
-from autobots.services.chat import ChatService, NotFound, PreparedRun, RunControl, RunFailed, RunObserver
-from autobots.services.event_writer import EventWriter
-from autobots.settings import RunSettings
-from autobots.storage.repository import Repository
+from ..agents.workflows import WorkflowOutcome
+from ..llm.usage import LLMCall, summarize
+from ..schemas.chat import Message
+from ..schemas.workflow import AgentWorkFlowConfig
+from ..settings import RunSettings
+from ..storage.repository import Repository
+from .chat import ChatService, NotFound, PreparedRun, RunControl, RunFailed, RunObserver
+from .event_writer import EventWriter
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import BinaryIO
 
-from autobots.execution import ExecutionSettings, open_session_file
-from autobots.schemas.chat import GalleryItem, Message, Session
-from autobots.services.chat import BadRequest, NotFound
-from autobots.storage.repository import Conflict, Repository
+from ..execution import ExecutionSettings, open_session_file
+from ..schemas.chat import GalleryItem, Message, Session
+from ..storage.repository import Conflict, Repository
+from .chat import BadRequest, NotFound
 
 
 class SessionService:

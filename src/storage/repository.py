@@ -19,8 +19,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import sessionmaker
 
-from autobots.schemas.chat import GalleryItem, Message, Session
-from autobots.storage.tables import (
+from ..schemas.chat import GalleryItem, Message, Session
+from .tables import (
     GalleryRow,
     GalleryTagRow,
     LLMCallRow,

@@ -7,19 +7,19 @@ import logging
 
 from flask_openapi3 import Info, OpenAPI
 
-from autobots import __version__
-from autobots.execution import docker_available, sweep_orphans
-from autobots.services.chat import ChatService
-from autobots.services.event_writer import EventWriter
-from autobots.services.runs import RunManager
-from autobots.services.sessions import SessionService
-from autobots.settings import Settings, load_settings
-from autobots.storage.database import create_db_engine, make_session_factory, migrate
-from autobots.storage.repository import Repository
-from autobots.web import pages
-from autobots.web.api import files, gallery, health, messages, runs, sessions
-from autobots.web.context import Services
-from autobots.web.errors import register_error_handlers, validation_error_response
+from .. import __version__
+from ..execution import docker_available, sweep_orphans
+from ..services.chat import ChatService
+from ..services.event_writer import EventWriter
+from ..services.runs import RunManager
+from ..services.sessions import SessionService
+from ..settings import Settings, load_settings
+from ..storage.database import create_db_engine, make_session_factory, migrate
+from ..storage.repository import Repository
+from . import pages
+from .api import files, gallery, health, messages, runs, sessions
+from .context import Services
+from .errors import register_error_handlers, validation_error_response
 
 
 def create_app(settings: Settings | None = None) -> OpenAPI:

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 from flask import current_app
 
-from autobots.services.chat import ChatService
-from autobots.services.runs import RunManager
-from autobots.services.sessions import SessionService
-from autobots.settings import Settings
-from autobots.storage.repository import Repository
+from ..services.chat import ChatService
+from ..services.runs import RunManager
+from ..services.sessions import SessionService
+from ..settings import Settings
+from ..storage.repository import Repository
 
 
 @dataclass

@@ -11,8 +11,8 @@ from flask import Flask, Response, current_app, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from autobots.services.chat import BadRequest, NotFound, RunFailed
-from autobots.services.runs import WrongState
+from ..services.chat import BadRequest, NotFound, RunFailed
+from ..services.runs import WrongState
 
 log = logging.getLogger("autobots.web")
 

@@ -18,9 +18,9 @@ from flask.sansio.blueprints import BlueprintSetupState
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, ValidationError
 
-from autobots.schemas.api import Envelope
-from autobots.schemas.workflow import AgentWorkFlowConfig, WorkflowType
-from autobots.web.errors import envelope
+from ..schemas.api import Envelope
+from ..schemas.workflow import AgentWorkFlowConfig, WorkflowType
+from .errors import envelope
 
 log = logging.getLogger("autobots.web.pages")
 

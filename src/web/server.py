@@ -11,7 +11,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from autobots.settings import Settings
+from ..settings import Settings
 
 
 class GunicornServer(BaseApplication):
@@ -41,7 +41,7 @@ class GunicornServer(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        from autobots.web.app import create_app
+        from .app import create_app
 
         return create_app(self._settings)
 

@@ -6,8 +6,8 @@ from flask import Response, send_file
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, Field
 
-from autobots.schemas.api import ErrorResponse
-from autobots.web.context import services
+from ...schemas.api import ErrorResponse
+from ..context import services
 
 bp = APIBlueprint("files", __name__, url_prefix="/api", abp_tags=[Tag(name="files")])
 

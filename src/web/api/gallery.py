@@ -5,9 +5,9 @@ from __future__ import annotations
 from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
 
-from autobots.schemas.api import ErrorResponse, GalleryQuery, GalleryResponse
-from autobots.web.context import services
-from autobots.web.errors import envelope
+from ...schemas.api import ErrorResponse, GalleryQuery, GalleryResponse
+from ..context import services
+from ..errors import envelope
 
 bp = APIBlueprint("gallery", __name__, url_prefix="/api", abp_tags=[Tag(name="gallery")])
 

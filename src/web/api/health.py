@@ -6,10 +6,10 @@ from flask import Response, current_app, jsonify
 from flask_openapi3 import APIBlueprint, Tag
 from sqlalchemy.exc import SQLAlchemyError
 
-from autobots import __version__
-from autobots.schemas.api import ErrorResponse, HealthResponse
-from autobots.web.context import services
-from autobots.web.errors import envelope
+from ... import __version__
+from ...schemas.api import ErrorResponse, HealthResponse
+from ..context import services
+from ..errors import envelope
 
 bp = APIBlueprint("health", __name__, url_prefix="/api", abp_tags=[Tag(name="health")])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
 
-from autobots.schemas.api import (
+from ...schemas.api import (
     DeleteMessageRequest,
     ErrorResponse,
     MessagesQuery,
@@ -13,8 +13,8 @@ from autobots.schemas.api import (
     PostMessageRequest,
     PostMessageResponse,
 )
-from autobots.web.context import services
-from autobots.web.errors import envelope
+from ..context import services
+from ..errors import envelope
 
 bp = APIBlueprint("messages", __name__, url_prefix="/api", abp_tags=[Tag(name="messages")])
 ERRORS = {400: ErrorResponse, 404: ErrorResponse, 502: ErrorResponse, 503: ErrorResponse}

@@ -9,10 +9,10 @@ from flask import Response, request, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, Field
 
-from autobots.schemas.api import ErrorResponse, PostMessageRequest, RunInputRequest, RunResponse
-from autobots.services.runs import HEARTBEAT
-from autobots.web.context import services
-from autobots.web.errors import envelope
+from ...schemas.api import ErrorResponse, PostMessageRequest, RunInputRequest, RunResponse
+from ...services.runs import HEARTBEAT
+from ..context import services
+from ..errors import envelope
 
 bp = APIBlueprint("runs", __name__, url_prefix="/api", abp_tags=[Tag(name="runs")])
 ERRORS = {400: ErrorResponse, 404: ErrorResponse, 409: ErrorResponse}

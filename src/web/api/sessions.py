@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
 
-from autobots.schemas.api import (
+from ...schemas.api import (
     ClearDbRequest,
     CreateSessionRequest,
     ErrorResponse,
@@ -14,10 +14,10 @@ from autobots.schemas.api import (
     SessionsQuery,
     SessionsResponse,
 )
-from autobots.schemas.chat import Session
-from autobots.services.chat import BadRequest
-from autobots.web.context import services
-from autobots.web.errors import envelope
+from ...schemas.chat import Session
+from ...services.chat import BadRequest
+from ..context import services
+from ..errors import envelope
 
 bp = APIBlueprint("sessions", __name__, url_prefix="/api", abp_tags=[Tag(name="sessions")])
 ERRORS = {400: ErrorResponse, 404: ErrorResponse}
