@@ -1,4 +1,4 @@
-"""`python -m autobots serve` and `python -m autobots run WORKFLOW.json "message"`."""
+"""`python -m autobots serve | run WORKFLOW.json "message" | keys create|list|revoke`."""
 
 from __future__ import annotations
 
@@ -8,13 +8,78 @@ import sys
 from pathlib import Path
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _serve(args: argparse.Namespace) -> int:
+    from .auth.settings import AuthMode
     from .settings import load_settings
     from .web.server import serve
 
     settings = load_settings(args.config)
     updates = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    serve(settings.model_copy(update=updates))
+    settings = settings.model_copy(update=updates)
+    if settings.auth.mode is AuthMode.NONE and not _is_loopback(settings.host) and not args.insecure_no_auth:
+        print(
+            f"error: refusing to listen on {settings.host}: with auth.mode none anyone who reaches the "
+            "server reads and deletes everyone's data. Turn sign-in on (AUTOBOTS_AUTH__MODE=token, then "
+            "`python -m autobots keys create USER`), listen on 127.0.0.1, or start with "
+            "--insecure-no-auth if the network in front of it is yours alone.",
+            file=sys.stderr,
+        )
+        return 2
+    serve(settings)
+    return 0
+
+
+def _identity(config: str | None):  # type: ignore[no-untyped-def]
+    from .services.identity import IdentityService
+    from .settings import load_settings
+    from .storage.database import create_db_engine, make_session_factory, migrate
+    from .storage.identity import IdentityRepository
+
+    settings = load_settings(config)
+    engine = create_db_engine(settings.database_url)
+    migrate(engine)
+    return IdentityService(settings.auth, IdentityRepository(make_session_factory(engine)))
+
+
+def _when(value: object) -> str:
+    return value.isoformat(timespec="seconds") if hasattr(value, "isoformat") else "-"  # type: ignore[union-attr]
+
+
+def _keys(args: argparse.Namespace) -> int:
+    """Make, list and revoke API keys (`auth.mode: token`)."""
+    from .services.errors import BadRequest, NotFound
+
+    identity = _identity(args.config)
+    try:
+        if args.keys_command == "create":
+            info, key = identity.create_key(args.user, admin=args.admin, name=args.name)
+            role = "admin" if info.is_admin else "user"
+            print(f"created key {info.key_id} for {info.user_id} ({role}); it is shown only once, now:")
+            print(key)
+        elif args.keys_command == "list":
+            for k in identity.list_keys(args.user):
+                state = f"revoked {_when(k.revoked_at)}" if k.revoked_at else "active"
+                print(
+                    f"{k.key_id}  {k.user_id}{' (admin)' if k.is_admin else ''}  {k.name or '-'}  "
+                    f"created {_when(k.created_at)}  last used {_when(k.last_used_at)}  {state}"
+                )
+        else:
+            info = identity.revoke_key(args.key)
+            print(f"revoked key {info.key_id} of {info.user_id}")
+    except (BadRequest, NotFound) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -23,7 +88,8 @@ def _run(args: argparse.Namespace) -> int:
     from .agents.transcript import InnerMessage
     from .schemas.chat import Message
     from .schemas.workflow import AgentWorkFlowConfig
-    from .services.chat import BadRequest, ChatService, RunFailed, RunObserver
+    from .services.chat import ChatService, RunObserver
+    from .services.errors import BadRequest, RunFailed
     from .settings import load_settings
     from .storage.database import create_db_engine, make_session_factory, migrate
     from .storage.repository import Repository
@@ -74,7 +140,23 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="serve the HTTP API and the chat page")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="listen beyond loopback although auth.mode is none (anyone reaching it acts as anyone)",
+    )
     serve.set_defaults(func=_serve)
+    keys = sub.add_parser("keys", help="API keys for auth.mode token")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="make a key for USER (made with its first key); printed once")
+    create.add_argument("user")
+    create.add_argument("--admin", action="store_true", help="USER may act for other users")
+    create.add_argument("--name", help="a label to tell keys apart")
+    listing = keys_sub.add_parser("list", help="keys (ids, labels, dates; never the key)")
+    listing.add_argument("user", nargs="?")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by its id or by the key itself")
+    revoke.add_argument("key", metavar="KEY_ID_OR_KEY")
+    keys.set_defaults(func=_keys)
     run = sub.add_parser("run", help="run one workflow from the command line")
     run.add_argument("workflow", help="a workflow JSON file (a flow_config, or a body with one)")
     run.add_argument("message")

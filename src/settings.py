@@ -1,4 +1,9 @@
-"""Server settings: `src/web/config.json` first, then environment overrides.
+"""Server settings: `src/web/config.json`, then `AUTOBOTS_*` environment variables over it.
+
+Every key of the config can be set by an environment variable: `AUTOBOTS_` + the key path in
+capitals, levels joined by `__` (`AUTOBOTS_AUTH__MODE=token`, `AUTOBOTS_LIMITS__MAX_LLM_CALLS=400`;
+lists and objects as JSON). pydantic-settings reads them. An `AUTOBOTS_*` variable that names no
+key is a start-up error naming it: a typo must not leave a limit or the sign-in silently off.
 
 Settings are read once at start-up and passed down explicitly, so that tests can run several
 servers with different settings in one machine and no module reads the environment on its own.
@@ -8,14 +13,45 @@ from __future__ import annotations
 
 import json
 import os
+import typing
+from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
 
+from .auth.settings import AuthSettings
 from .execution.settings import ExecutionSettings
 from .llm.embedded.settings import EmbeddedSettings
+
+ENV_PREFIX = "AUTOBOTS_"
+# `AUTOBOTS_*` variables that are not settings: the config file's path, the client scripts'
+# server, user and key, and the test suite's switches (`AUTOBOTS_REQUIRE_DOCKER=1`, ...).
+RESERVED_ENV = ("AUTOBOTS_CONFIG", "AUTOBOTS_URL", "AUTOBOTS_USER_ID", "AUTOBOTS_API_KEY")
+RESERVED_ENV_PREFIXES = ("AUTOBOTS_REQUIRE_",)
+
+
+class SettingsError(SystemExit):
+    """The settings cannot be used; the message says which key or variable and why."""
+
+
+class PerUserLimits(BaseModel):
+    """What one user may use, in every auth mode. 0 or null turns a limit off."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Requests per minute to the API (flask-limiter): in this process's memory, or shared by
+    # every process through `storage_url` (redis://...).
+    requests_per_minute: int = Field(1200, ge=0, le=1_000_000)
+    # Runs queued, running or waiting for input at once.
+    live_runs: int = Field(0, ge=0, le=100_000)
+    # USD per UTC day, summed from the user's stored LLM calls; checked before a run starts and
+    # before every LLM call.
+    daily_budget_usd: float | None = Field(None, ge=0)
+    storage_url: str = "memory://"
 
 
 class RunLimits(BaseModel):
@@ -27,6 +63,7 @@ class RunLimits(BaseModel):
     max_run_seconds: float = Field(600, gt=0, le=86_400)
     # Earlier messages of the session given to the agents as context for a follow-up.
     history_messages: int = Field(20, ge=0, le=1000)
+    per_user: PerUserLimits = Field(default_factory=PerUserLimits)
 
 
 class LLMSettings(BaseModel):
@@ -57,8 +94,18 @@ class ClientSettings(BaseModel):
     user_id: str = "guestuser@autobots.local"
 
 
-class Settings(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class CorsSettings(BaseModel):
+    """Cross-origin requests are refused unless their origin is named here (scheme://host:port)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allowed_origins: list[str] = Field(default_factory=list)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        extra="ignore", env_prefix=ENV_PREFIX, env_nested_delimiter="__", validate_default=True
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(8081, ge=0, le=65535)
@@ -71,29 +118,136 @@ class Settings(BaseModel):
     code_execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
     embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
     client: ClientSettings = Field(default_factory=ClientSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    cors: CorsSettings = Field(default_factory=CorsSettings)
+    # What the original project's client scripts read from this file.
+    default_user_id: str = Field("guestuser@autobots.local", min_length=1, max_length=200)
+    default_session_id: str | None = None
+    default_gallery_id: str | None = None
+    default_user_dir: str | None = None
+    default_query: str = "What is 17*23?"
     # Server credentials come only from the environment and are never written anywhere.
     openai_api_key: SecretStr | None = Field(default=None, exclude=True)
     openai_base_url: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _client_user_alias(cls, raw: Any) -> Any:
+        """`client.user_id` is the older name of `default_user_id`: one default user for the page
+        and the client scripts."""
+        if isinstance(raw, dict) and "default_user_id" not in raw:
+            client = raw.get("client")
+            if isinstance(client, dict) and client.get("user_id"):
+                raw = {**raw, "default_user_id": client["user_id"]}
+        return raw
 
 
 def default_config_path() -> Path:
     return Path(str(resources.files("autobots.web").joinpath("config.json")))
 
 
-def load_settings(config_path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
+class _EnvSource(EnvSettingsSource):
+    """pydantic-settings' own environment source, reading a given mapping (the process's
+    environment in the server; a dict in tests) rather than `os.environ` behind our back."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(
+            self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+        )
+
+
+def _env_names(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, bool]]:
+    """Every variable name the settings accept: (name, whether deeper names may follow it)."""
+    for name, info in model.model_fields.items():
+        env = f"{prefix}{name.upper()}"
+        nested = _model_of(info.annotation)
+        if nested is not None:
+            yield env, False
+            yield from _env_names(nested, env + "__")
+        else:
+            yield env, typing.get_origin(info.annotation) is dict or info.annotation is dict
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def unknown_env(env: Mapping[str, str]) -> list[str]:
+    """`AUTOBOTS_*` variables that name no setting (and are not reserved)."""
+    exact: set[str] = set()
+    open_ended: list[str] = []
+    for name, deeper in _env_names(Settings, ENV_PREFIX):
+        exact.add(name)
+        if deeper:
+            open_ended.append(name + "__")
+    return sorted(
+        k
+        for k in env
+        if k.upper().startswith(ENV_PREFIX)
+        and k.upper() not in exact
+        and k.upper() not in RESERVED_ENV
+        and not k.upper().startswith(RESERVED_ENV_PREFIXES)
+        and not k.upper().startswith(tuple(open_ended))
+    )
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`over` wins, key by key inside objects; a list or a value replaces what was there."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors(include_url=False):
+        path = ".".join(str(p) for p in err["loc"])
+        env = ENV_PREFIX + "__".join(str(p).upper() for p in err["loc"]) if path else ""
+        lines.append(f"  {path or '(top level)'} (env {env}): {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(config_path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Build settings from a JSON file and `AUTOBOTS_*` / `OPENAI_*` environment variables."""
     env = dict(os.environ if env is None else env)
     path = Path(config_path or env.get("AUTOBOTS_CONFIG") or default_config_path())
     try:
         raw: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise SystemExit(f"config file not found: {path}") from exc
+        raise SettingsError(f"config file not found: {path}") from exc
     except json.JSONDecodeError as exc:
-        raise SystemExit(f"config file {path} is not valid JSON: {exc}") from exc
-    if url := env.get("AUTOBOTS_DATABASE_URL"):
-        raw["database_url"] = url
+        raise SettingsError(f"config file {path} is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SettingsError(f"config file {path} must hold a JSON object")
+    unknown = unknown_env(env)
+    if unknown:
+        raise SettingsError(
+            f"unknown environment variable(s) {', '.join(unknown)}: no such setting. Settings are "
+            "AUTOBOTS_ + the config key path in capitals, levels joined by __ (e.g. AUTOBOTS_AUTH__MODE)"
+        )
+    try:
+        from_env = _EnvSource(Settings, {k: v for k, v in env.items() if k.upper().startswith(ENV_PREFIX)})()
+    except Exception as exc:  # pydantic-settings' SettingsError: a value that is not valid JSON
+        raise SettingsError(f"bad environment setting: {exc}") from exc
+    merged = _merge(raw, from_env)
     if key := env.get("OPENAI_API_KEY"):
-        raw["openai_api_key"] = key
+        merged.setdefault("openai_api_key", key)
     if base := env.get("OPENAI_BASE_URL"):
-        raw["openai_base_url"] = base
-    return Settings.model_validate(raw)
+        merged.setdefault("openai_base_url", base)
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise SettingsError(f"invalid settings ({path} and the environment):\n{_describe(exc)}") from exc

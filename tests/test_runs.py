@@ -545,7 +545,7 @@ def test_deleting_a_session_mid_run_cancels_it_and_other_runs_keep_their_records
     time.sleep(0.5)  # both calls are now in flight
     r = server.post("/api/cleardb", {"user_id": user_id, "session_id": doomed["session_id"]})
     assert r.status_code == 200, r.text
-    assert doomed["session_id"] not in [s["session_id"] for s in r.json()["data"]]
+    assert doomed["session_id"] not in [s["session_id"] for s in r.json()["data"]["sessions"]]
     assert server.get(f"/api/runs/{doomed['run_id']}").status_code == 404
     assert server.get("/api/messages", user_id=user_id, session_id=doomed["session_id"]).status_code == 404
 

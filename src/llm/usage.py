@@ -150,8 +150,12 @@ class UsageRecorder:
         limits: RunLimits,
         prices: dict[str, Price] | None = None,
         on_call: Callable[[LLMCall], None] | None = None,
+        guard: Callable[[Decimal], str | None] | None = None,
     ) -> None:
         self.limits = limits
+        # Asked before every call with the run's cost so far: a reason to stop (a user's daily
+        # budget that the run would cross), or None.
+        self._guard = guard
         self._prices = dict(prices or {})
         self._on_call = on_call
         self._lock = threading.Lock()
@@ -180,6 +184,12 @@ class UsageRecorder:
                 self.limit_hit = RunLimitExceeded(
                     "max_run_seconds", f"the run reached its time cap of {self.limits.max_run_seconds:g} s"
                 )
+                raise self.limit_hit
+            spent = sum((c.cost for c in self._calls), Decimal(0))
+        if self._guard is not None and (reason := self._guard(spent)) is not None:
+            with self._lock:
+                if self.limit_hit is None:
+                    self.limit_hit = RunLimitExceeded("daily_budget_usd", reason)
                 raise self.limit_hit
 
     def cancel(self) -> None:

@@ -11,7 +11,9 @@ from .workflow import AgentWorkFlowConfig
 
 T = TypeVar("T")
 
-UserId = Field(min_length=1, max_length=200)
+# A user id in a request: required without sign-in (`auth.mode: none`, as the original clients
+# send it); signed in, it may be left out, and if given must be the principal (or an admin's pick).
+UserId = Field(default=None, min_length=1, max_length=200)
 SessionId = Field(min_length=1, max_length=100)
 
 
@@ -32,8 +34,14 @@ class ErrorDetail(BaseModel):
     message: str
 
 
+class NewMessage(Message):
+    """A user's message to answer; `user_id` may be left out when signed in."""
+
+    user_id: str | None = Field(default=None, min_length=1, max_length=200)  # type: ignore[assignment]
+
+
 class PostMessageRequest(_Body):
-    message: Message
+    message: NewMessage
     flow_config: AgentWorkFlowConfig | None = None
 
 
@@ -45,40 +53,40 @@ class PostMessageResponse(Envelope[Message]):
 
 
 class MessagesQuery(_Body):
-    user_id: str = UserId
+    user_id: str | None = UserId
     session_id: str = SessionId
 
 
 class DeleteMessageRequest(_Body):
-    user_id: str = UserId
+    user_id: str | None = UserId
     msg_id: str = Field(min_length=1, max_length=100)
     session_id: str | None = Field(default=None, max_length=100)
 
 
 class SessionsQuery(_Body):
-    user_id: str = UserId
+    user_id: str | None = UserId
 
 
 class NewSession(_Body):
-    user_id: str = UserId
+    user_id: str | None = UserId
     flow_config: AgentWorkFlowConfig
     session_id: str | None = Field(default=None, max_length=100)
     name: str | None = Field(default=None, max_length=200)
 
 
 class CreateSessionRequest(_Body):
-    user_id: str = UserId
+    user_id: str | None = UserId
     session: NewSession
 
 
 class SessionRef(_Body):
-    user_id: str = UserId
+    user_id: str | None = UserId
     session_id: str = SessionId
     flow_config: dict[str, Any] | None = None
 
 
 class PublishRequest(_Body):
-    user_id: str = UserId
+    user_id: str | None = UserId
     session: SessionRef
     tags: list[str] = Field(default_factory=list, max_length=20)
 
@@ -98,8 +106,13 @@ class GalleryQuery(_Body):
 
 
 class ClearDbRequest(_Body):
-    user_id: str = UserId
+    user_id: str | None = UserId
     session_id: str = SessionId
+
+
+class RunQuery(_Body):
+    # Without sign-in, naming the user is optional here: a run's id is what finds it.
+    user_id: str | None = UserId
 
 
 class RunInputRequest(_Body):

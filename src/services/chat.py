@@ -33,36 +33,9 @@ from ..schemas.chat import Message, Session
 from ..schemas.workflow import AgentConfig, AgentWorkFlowConfig, CodeExecutionObject, LLMConfig
 from ..settings import Settings
 from ..storage.repository import Conflict, Repository
+from .errors import BadRequest, DependencyUnavailable, LLMEndpointError, NotFound, RunFailed
 from .executors import RunExecutors
-
-
-class NotFound(LookupError):
-    pass
-
-
-class BadRequest(ValueError):
-    pass
-
-
-class RunFailed(RuntimeError):
-    """The run could not complete; the user's message and the failed run are stored."""
-
-    http_status = 500
-
-    def __init__(self, message: str, run_id: str, user_message: Message) -> None:
-        super().__init__(message)
-        self.run_id = run_id
-        self.user_message = user_message
-
-
-class LLMEndpointError(RunFailed):
-    http_status = 502
-
-
-class DependencyUnavailable(RunFailed):
-    """A sandbox or the embedded model is not available on this server."""
-
-    http_status = 503
+from .limits import UserLimits
 
 
 @dataclass
@@ -124,9 +97,16 @@ CallStore = Callable[[str, str, dict[str, Any]], None]
 
 
 class ChatService:
-    def __init__(self, settings: Settings, repo: Repository, call_store: CallStore | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        repo: Repository,
+        call_store: CallStore | None = None,
+        limits: UserLimits | None = None,
+    ) -> None:
         self.settings = settings
         self.repo = repo
+        self._limits = limits
         # Where each LLM call is stored as it completes (a batching writer in the server).
         self._store_call: CallStore = call_store or repo.add_llm_call
         # Clients send the same flow_config with every message; validate each one once.
@@ -189,6 +169,8 @@ class ChatService:
         """Check the request, then store the question, the run (and a new session) together."""
         if message.role != "user":
             raise BadRequest("message.role must be 'user' for a message to answer")
+        if self._limits is not None:
+            self._limits.check_new_run(message.user_id)
         session_id = message.session_id or str(uuid.uuid4())
         session = self.repo.get_session(message.user_id, session_id)
         if session is None:
@@ -232,12 +214,15 @@ class ChatService:
         """Run the workflow; returns the stored answer, or raises RunFailed (stored as failed)."""
         session_id = run.message.session_id or ""
 
+        user_id = run.message.user_id
+
         def on_call(call: LLMCall) -> None:
-            self._store_call(run.run_id, session_id, call.row())
+            self._store_call(run.run_id, session_id, {**call.row(), "user_id": user_id})
             if observer.on_call is not None:
                 observer.on_call(call)
 
-        recorder = UsageRecorder(self.settings.limits, on_call=on_call)
+        guard = self._limits.run_guard(user_id, run.run_id) if self._limits is not None else None
+        recorder = UsageRecorder(self.settings.limits, on_call=on_call, guard=guard)
         transcript = Transcript(recorder, on_message=observer.on_message)
         executors = RunExecutors(self.settings.code_execution, run.run_id, session_id, observer.on_event)
         factory = AgentFactory(

@@ -33,7 +33,8 @@ from ..schemas.chat import Message
 from ..schemas.workflow import AgentWorkFlowConfig
 from ..settings import RunSettings
 from ..storage.repository import Repository
-from .chat import ChatService, NotFound, PreparedRun, RunControl, RunFailed, RunObserver
+from .chat import ChatService, PreparedRun, RunControl, RunObserver
+from .errors import NotFound, RunFailed, WrongState
 from .event_writer import EventWriter
 
 log = logging.getLogger(__name__)
@@ -191,11 +192,12 @@ class RunManager:
 
     # controlling -------------------------------------------------------------------------------
 
-    def cancel(self, run_id: str) -> dict[str, Any]:
+    def cancel(self, user_id: str | None, run_id: str) -> dict[str, Any]:
+        self._owned(user_id, run_id)
         live = self._live_run(run_id)
         if live is not None:
             self._stop(live, self._chat.cancel)
-        return self.describe(run_id)
+        return self.describe(user_id, run_id)
 
     def cancel_session(self, user_id: str, session_id: str) -> None:
         """Stop the user's live runs of a session (it is about to be deleted)."""
@@ -206,7 +208,7 @@ class RunManager:
                 if live.prepared.message.session_id == session_id and live.prepared.message.user_id == user_id
             ]
         for live in lives:
-            self.cancel(live.run_id)
+            self.cancel(user_id, live.run_id)
 
     def _time_cap(self, live: LiveRun) -> None:
         self._stop(live, self._chat.stop_at_time_cap)
@@ -223,14 +225,15 @@ class RunManager:
         with live.changed:
             live.changed.notify_all()  # wake a run waiting for a human
 
-    def provide_input(self, run_id: str, text: str, prompt_id: str | None = None) -> dict[str, Any]:
+    def provide_input(
+        self, user_id: str | None, run_id: str, text: str, prompt_id: str | None = None
+    ) -> dict[str, Any]:
         """Answer the prompt the run is waiting on now. `prompt_id`, when given, must be that
         prompt's: an answer to a prompt that timed out or was already answered is refused (409)
         rather than taken as the answer to a later question."""
+        self._owned(user_id, run_id)
         live = self._live_run(run_id)
         if live is None:
-            if self._repo.get_run(run_id) is None:
-                raise NotFound(f"run {run_id} not found")
             raise WrongState(f"run {run_id} is not waiting for input: it has ended")
         with live.changed:
             if live.concluded or live.prompt_id is None:
@@ -244,7 +247,7 @@ class RunManager:
             live.prompt_id = live.input_prompt = None
             changed = self._change_status(live, "running")  # a second POST finds nothing to answer
         self._store_status(live, "running", changed)
-        return self.describe(run_id)
+        return self.describe(user_id, run_id)
 
     def _ask_human(self, live: LiveRun, prompt: str) -> str:
         """Ask the run's client and wait for its answer; "" when nobody answers in time (the
@@ -285,10 +288,16 @@ class RunManager:
 
     # watching ----------------------------------------------------------------------------------
 
-    def describe(self, run_id: str) -> dict[str, Any]:
+    def _owned(self, user_id: str | None, run_id: str) -> dict[str, Any]:
+        """The stored run, if it is this user's; anyone else's answers like a missing one.
+        `user_id` None (no sign-in, no user named): the run's id alone finds it."""
         stored = self._repo.get_run(run_id)
-        if stored is None:
+        if stored is None or (user_id is not None and stored["user_id"] != user_id):
             raise NotFound(f"run {run_id} not found")
+        return stored
+
+    def describe(self, user_id: str | None, run_id: str) -> dict[str, Any]:
+        stored = self._owned(user_id, run_id)
         live = self._live_run(run_id)
         stored["input_prompt"] = stored["input_prompt_id"] = None
         if live is not None:
@@ -305,13 +314,14 @@ class RunManager:
                 stored[key] = stored[key].isoformat()
         return stored
 
-    def stream(self, run_id: str, after: int = 0) -> Iterator[tuple[int, str, dict[str, Any]] | None]:
+    def stream(
+        self, user_id: str | None, run_id: str, after: int = 0
+    ) -> Iterator[tuple[int, str, dict[str, Any]] | None]:
         """The run's events after `after`, live until the run ends; None is a heartbeat."""
+        self._owned(user_id, run_id)
         live = self._live_run(run_id)
         if live is not None:
             return self._follow(live, after)
-        if self._repo.get_run(run_id) is None:
-            raise NotFound(f"run {run_id} not found")
         return iter(self._repo.events_after(run_id, after, limit=1_000_000))
 
     def _follow(self, live: LiveRun, after: int) -> Iterator[tuple[int, str, dict[str, Any]] | None]:
@@ -454,10 +464,6 @@ class RunManager:
         live.events.append((live.seq, kind, data))
         self._writer.put_event(live.run_id, live.seq, kind, data)
         live.changed.notify_all()
-
-
-class WrongState(ValueError):
-    """The run is not in a state where this can be done (a 409)."""
 
 
 _REPLYING_AS = re.compile(r"Replying as ([^.\s]+)\.")

@@ -12,7 +12,7 @@ from typing import BinaryIO
 from ..execution import ExecutionSettings, open_session_file
 from ..schemas.chat import GalleryItem, Message, Session
 from ..storage.repository import Conflict, Repository
-from .chat import BadRequest, NotFound
+from .errors import BadRequest, NotFound
 
 
 class SessionService:

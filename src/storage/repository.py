@@ -7,19 +7,16 @@ connection is ever held while agents talk to an LLM.
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as OrmSession
-from sqlalchemy.orm import sessionmaker
 
 from ..schemas.chat import GalleryItem, Message, Session
+from .store import Store
 from .tables import (
     GalleryRow,
     GalleryTagRow,
@@ -37,26 +34,7 @@ class Conflict(Exception):
     """An id that is already taken by another owner."""
 
 
-class Repository:
-    def __init__(self, factory: sessionmaker, serialize_writes: bool = True) -> None:
-        self._factory = factory
-        # One writer at a time in this process (SQLite). SQLite allows one writer anyway, and a
-        # writer that finds the database locked sleeps in steps of up to 100 ms before retrying:
-        # under a hundred concurrent runs, queueing here is far faster than SQLite's back-off.
-        self._write_lock: threading.Lock | contextlib.nullcontext[None] = (
-            threading.Lock() if serialize_writes else contextlib.nullcontext()
-        )
-
-    @contextmanager
-    def _tx(self) -> Iterator[OrmSession]:
-        with self._factory.begin() as db:
-            yield db
-
-    @contextmanager
-    def _write(self) -> Iterator[OrmSession]:
-        with self._write_lock, self._factory.begin() as db:
-            yield db
-
+class Repository(Store):
     def ping(self) -> None:
         with self._tx() as db:
             db.execute(text("SELECT 1"))

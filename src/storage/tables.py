@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -69,6 +69,7 @@ class RunRow(Base):
     """One execution of a workflow for one user message; its usage is the sum of its llm_calls."""
 
     __tablename__ = "runs"
+    __table_args__ = (Index("ix_runs_user_status", "user_id", "status"),)
 
     run_id: Mapped[str] = mapped_column(String(100), primary_key=True)
     session_id: Mapped[str] = mapped_column(ForeignKey("sessions.session_id", ondelete="CASCADE"), index=True)
@@ -97,10 +98,13 @@ class RunEventRow(Base):
 
 class LLMCallRow(Base):
     __tablename__ = "llm_calls"
+    # A user's spending today is one indexed range read (the daily budget).
+    __table_args__ = (Index("ix_llm_calls_user_started", "user_id", "started_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"), index=True)
     session_id: Mapped[str] = mapped_column(String(100), index=True)
+    user_id: Mapped[str | None] = mapped_column(String(200))
     agent: Mapped[str] = mapped_column(String(200))
     model: Mapped[str] = mapped_column(String(200))
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
@@ -134,3 +138,42 @@ class GalleryTagRow(Base):
         ForeignKey("gallery.gallery_id", ondelete="CASCADE"), primary_key=True
     )
     tag: Mapped[str] = mapped_column(String(100), primary_key=True, index=True)
+
+
+class UserRow(Base):
+    """A user of a server that signs people in: made by their first API key (or first OIDC
+    sign-in). In `auth.mode: none` users are just the ids that requests name."""
+
+    __tablename__ = "users"
+
+    user_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+class ApiKeyRow(Base):
+    """An API key, kept only as its SHA-256 digest (the key itself is shown once, at creation)."""
+
+    __tablename__ = "api_keys"
+
+    key_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.user_id", ondelete="CASCADE"), index=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class WebSessionRow(Base):
+    """The chat page's sign-in: an opaque cookie token, kept as its digest, tied to the key (or
+    the OIDC token's lifetime) it was made with, so revoking the key signs the page out too."""
+
+    __tablename__ = "web_sessions"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(200), index=True)
+    key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.key_id", ondelete="CASCADE"))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+    expires_at: Mapped[datetime]

@@ -11,13 +11,18 @@ from .. import __version__
 from ..execution import docker_available, sweep_orphans
 from ..services.chat import ChatService
 from ..services.event_writer import EventWriter
+from ..services.identity import IdentityService
+from ..services.limits import UserLimits
 from ..services.runs import RunManager
 from ..services.sessions import SessionService
 from ..settings import Settings, load_settings
+from ..storage.accounting import AccountingRepository
 from ..storage.database import create_db_engine, make_session_factory, migrate
+from ..storage.identity import IdentityRepository
 from ..storage.repository import Repository
-from . import pages
-from .api import files, gallery, health, messages, runs, sessions
+from . import limits, pages, security
+from .api import auth, files, gallery, health, messages, runs, sessions
+from .auth import load_principal
 from .context import Services
 from .errors import register_error_handlers, validation_error_response
 
@@ -42,7 +47,8 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     repo = Repository(make_session_factory(engine), serialize_writes=engine.dialect.name == "sqlite")
     writer = EventWriter(repo)
     atexit.register(writer.close)  # a graceful stop stores the last events
-    chat = ChatService(settings, repo, call_store=writer.put_call)
+    user_limits = UserLimits(settings.limits.per_user, AccountingRepository.alongside(repo))
+    chat = ChatService(settings, repo, call_store=writer.put_call, limits=user_limits)
     run_manager = RunManager(chat, repo, settings.runs, writer)
     interrupted = run_manager.recover()
     if interrupted:
@@ -55,9 +61,15 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         chat=chat,
         sessions=SessionService(repo, settings.code_execution),
         runs=run_manager,
+        identity=IdentityService(settings.auth, IdentityRepository.alongside(repo)),
+        limits=user_limits,
     )
 
+    # In this order: who is asking, then their request rate, then the body's shape.
+    app.before_request(load_principal)
+    limits.install(app, settings.limits.per_user)
     register_error_handlers(app)
-    for module in (messages, runs, sessions, files, gallery, health, pages):
+    security.install(app, settings.cors)
+    for module in (messages, runs, sessions, files, gallery, health, pages, auth):
         app.register_api(module.bp)
     return app

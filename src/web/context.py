@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from flask import current_app
 
 from ..services.chat import ChatService
+from ..services.identity import IdentityService
+from ..services.limits import UserLimits
 from ..services.runs import RunManager
 from ..services.sessions import SessionService
 from ..settings import Settings
@@ -20,6 +22,8 @@ class Services:
     chat: ChatService
     sessions: SessionService
     runs: RunManager
+    identity: IdentityService
+    limits: UserLimits
 
 
 def services() -> Services:

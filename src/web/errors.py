@@ -8,11 +8,19 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, current_app, jsonify, request
+from flask_limiter.errors import RateLimitExceeded
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from ..services.chat import BadRequest, NotFound, RunFailed
-from ..services.runs import WrongState
+from ..services.errors import (
+    BadRequest,
+    Forbidden,
+    LimitExceeded,
+    NotFound,
+    RunFailed,
+    Unauthorized,
+    WrongState,
+)
 
 log = logging.getLogger("autobots.web")
 
@@ -67,7 +75,36 @@ def reject_malformed_json() -> tuple[Response, int] | None:
 
 
 def register_error_handlers(app: Flask) -> None:
+    """Every domain error to one status. `reject_malformed_json` runs after the principal is
+    loaded and the rate limit counted (hooks run in the order they are installed)."""
     app.before_request(reject_malformed_json)
+
+    @app.errorhandler(Unauthorized)
+    def _unauthorized(exc: Unauthorized) -> tuple[Response, int]:
+        response, code = envelope(False, str(exc), code=401)
+        response.headers["WWW-Authenticate"] = 'Bearer realm="autobots"'
+        return response, code
+
+    @app.errorhandler(Forbidden)
+    def _forbidden(exc: Forbidden) -> tuple[Response, int]:
+        return envelope(False, str(exc), code=403)
+
+    @app.errorhandler(LimitExceeded)
+    def _limit(exc: LimitExceeded) -> tuple[Response, int]:
+        response, code = envelope(False, str(exc), data={"limit": exc.limit}, code=429)
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response, code
+
+    @app.errorhandler(RateLimitExceeded)
+    def _rate_limited(exc: RateLimitExceeded) -> tuple[Response, int]:
+        item = exc.limit.limit
+        message = (
+            f"rate limit reached: limits.per_user.requests_per_minute allows {item.amount} requests "
+            "a minute per user; try again in a minute"
+        )
+        response, code = envelope(False, message, data={"limit": "requests_per_minute"}, code=429)
+        response.headers.setdefault("Retry-After", str(item.get_expiry()))
+        return response, code
 
     @app.errorhandler(BadRequest)
     def _bad_request(exc: BadRequest) -> tuple[Response, int]:

@@ -7,6 +7,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, Field
 
 from ...schemas.api import ErrorResponse
+from ..auth import acting_user
 from ..context import services
 
 bp = APIBlueprint("files", __name__, url_prefix="/api", abp_tags=[Tag(name="files")])
@@ -18,11 +19,11 @@ class FilePath(BaseModel):
 
 
 class FileQuery(BaseModel):
-    user_id: str = Field(min_length=1, max_length=200)
+    user_id: str | None = Field(default=None, min_length=1, max_length=200)
 
 
 @bp.get("/sessions/<session_id>/files/<path:path>", responses={404: ErrorResponse})
 def download(path: FilePath, query: FileQuery) -> Response:
     """A file from the session's work dir; a path that leaves it is a 404."""
-    handle = services().sessions.open_file(query.user_id, path.session_id, path.path)
+    handle = services().sessions.open_file(acting_user(query.user_id), path.session_id, path.path)
     return send_file(handle, as_attachment=True, download_name=path.path.rsplit("/", 1)[-1])

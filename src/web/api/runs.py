@@ -9,10 +9,12 @@ from flask import Response, request, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, Field
 
-from ...schemas.api import ErrorResponse, PostMessageRequest, RunInputRequest, RunResponse
+from ...schemas.api import ErrorResponse, PostMessageRequest, RunInputRequest, RunQuery, RunResponse
 from ...services.runs import HEARTBEAT
+from ..auth import run_owner
 from ..context import services
 from ..errors import envelope
+from .messages import own_message
 
 bp = APIBlueprint("runs", __name__, url_prefix="/api", abp_tags=[Tag(name="runs")])
 ERRORS = {400: ErrorResponse, 404: ErrorResponse, 409: ErrorResponse}
@@ -25,7 +27,7 @@ class RunPath(BaseModel):
 @bp.post("/runs", responses={202: RunResponse, **ERRORS})
 def start_run(body: PostMessageRequest) -> tuple[Response, int]:
     """Start a run and answer at once (202); watch it at /api/runs/{run_id}/events."""
-    live = services().runs.submit(body.message, body.flow_config)
+    live = services().runs.submit(own_message(body.message), body.flow_config)
     data = {
         "run_id": live.run_id,
         "session_id": live.prepared.message.session_id,
@@ -36,34 +38,36 @@ def start_run(body: PostMessageRequest) -> tuple[Response, int]:
 
 
 @bp.get("/runs/<run_id>", responses={200: RunResponse, **ERRORS})
-def get_run(path: RunPath) -> tuple[Response, int]:
+def get_run(path: RunPath, query: RunQuery) -> tuple[Response, int]:
     """Status, timing and usage so far, and the error if any."""
-    return envelope(True, "run retrieved", data=services().runs.describe(path.run_id))
+    return envelope(
+        True, "run retrieved", data=services().runs.describe(run_owner(query.user_id), path.run_id)
+    )
 
 
 @bp.post("/runs/<run_id>/cancel", responses={200: RunResponse, **ERRORS})
-def cancel_run(path: RunPath) -> tuple[Response, int]:
+def cancel_run(path: RunPath, query: RunQuery) -> tuple[Response, int]:
     """Stop the run now; what was said is kept."""
-    return envelope(True, "run cancelled", data=services().runs.cancel(path.run_id))
+    return envelope(True, "run cancelled", data=services().runs.cancel(run_owner(query.user_id), path.run_id))
 
 
 @bp.post("/runs/<run_id>/input", responses={200: RunResponse, **ERRORS})
-def answer_run(path: RunPath, body: RunInputRequest) -> tuple[Response, int]:
+def answer_run(path: RunPath, query: RunQuery, body: RunInputRequest) -> tuple[Response, int]:
     """Answer the prompt the run waits on (an empty text means no input, as in NEVER mode).
     With `prompt_id`, an answer to a prompt that expired or was answered is refused (409)."""
-    data = services().runs.provide_input(path.run_id, body.text, body.prompt_id)
+    data = services().runs.provide_input(run_owner(query.user_id), path.run_id, body.text, body.prompt_id)
     return envelope(True, "input received", data=data)
 
 
 @bp.get("/runs/<run_id>/events", doc_ui=True)
-def run_events(path: RunPath) -> Response:
+def run_events(path: RunPath, query: RunQuery) -> Response:
     """Server-Sent Events, one per thing the run says or does; resumes after `Last-Event-ID`."""
     raw = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or "0"
     try:
         after = max(0, int(raw))
     except ValueError:
         after = 0
-    events = services().runs.stream(path.run_id, after)
+    events = services().runs.stream(run_owner(query.user_id), path.run_id, after)
 
     def generate() -> Iterator[str]:
         yield "retry: 1000\n\n"

@@ -15,7 +15,8 @@ from ...schemas.api import (
     SessionsResponse,
 )
 from ...schemas.chat import Session
-from ...services.chat import BadRequest
+from ...services.errors import BadRequest
+from ..auth import acting_user
 from ..context import services
 from ..errors import envelope
 
@@ -30,26 +31,29 @@ def _dump(sessions: list[Session]) -> list[dict]:
 @bp.get("/sessions", responses={200: SessionsResponse, **ERRORS})
 def list_sessions(query: SessionsQuery) -> tuple[Response, int]:
     """The user's sessions, newest first."""
-    return envelope(True, "sessions retrieved", data=_dump(services().sessions.list_sessions(query.user_id)))
+    user = acting_user(query.user_id)
+    return envelope(True, "sessions retrieved", data=_dump(services().sessions.list_sessions(user)))
 
 
 @bp.post("/sessions", responses={200: SessionsResponse, **ERRORS})
 def create_session(body: CreateSessionRequest) -> tuple[Response, int]:
     """Create a session with a workflow; returns all the user's sessions."""
     new = body.session
-    fields = new.model_dump(exclude_none=True, exclude={"flow_config"})
-    session = Session(**fields, flow_config=new.flow_config)
-    return envelope(
-        True, "session created", data=_dump(services().sessions.create_session(body.user_id, session))
-    )
+    user = acting_user(body.user_id or new.user_id)
+    if new.user_id is not None and new.user_id != user:
+        raise BadRequest("session.user_id must match user_id")
+    fields = new.model_dump(exclude_none=True, exclude={"flow_config", "user_id"})
+    session = Session(**fields, user_id=user, flow_config=new.flow_config)
+    return envelope(True, "session created", data=_dump(services().sessions.create_session(user, session)))
 
 
 @bp.post("/sessions/publish", responses={200: GalleryItemResponse, **ERRORS})
 def publish_session(body: PublishRequest) -> tuple[Response, int]:
     """Publish a frozen copy of the session and its messages to the gallery."""
-    if body.session.user_id != body.user_id:
+    user = acting_user(body.user_id or body.session.user_id)
+    if body.session.user_id is not None and body.session.user_id != user:
         raise BadRequest("session.user_id must match user_id")
-    item = services().sessions.publish(body.user_id, body.session.session_id, body.tags)
+    item = services().sessions.publish(user, body.session.session_id, body.tags)
     return envelope(True, "session published", data=item.model_dump(mode="json"))
 
 
@@ -57,7 +61,8 @@ def publish_session(body: PublishRequest) -> tuple[Response, int]:
 def clear_session(body: ClearDbRequest) -> tuple[Response, int]:
     """Delete a session and its messages (its published gallery copies stay); its live runs
     are cancelled first."""
+    user = acting_user(body.user_id)
     svc = services().sessions
-    services().runs.cancel_session(body.user_id, body.session_id)
-    svc.clear_session(body.user_id, body.session_id)
-    return envelope(True, "session deleted", data=_dump(svc.list_sessions(body.user_id)))
+    services().runs.cancel_session(user, body.session_id)
+    svc.clear_session(user, body.session_id)
+    return envelope(True, "session deleted", data={"sessions": _dump(svc.list_sessions(user))})

@@ -8,5 +8,5 @@ if __name__ == "__main__":
     args = p.parse_args()
     result = call(args.url, "/api/cleardb", {"user_id": args.user_id, "session_id": args.session_id})
     print(result["message"])
-    for s in result["data"]:
+    for s in result["data"]["sessions"]:
         print(s["session_id"])

@@ -49,7 +49,7 @@ export const api = {
     (await call("POST", "/api/sessions", { user_id: userId, session: { ...session, user_id: userId } })).data || [],
 
   deleteSession: async (userId, sessionId) =>
-    (await call("POST", "/api/cleardb", { user_id: userId, session_id: sessionId })).data || [],
+    (await call("POST", "/api/cleardb", { user_id: userId, session_id: sessionId })).data?.sessions || [],
 
   messages: async (userId, sessionId) =>
     (await call("GET", `/api/messages?${q({ user_id: userId, session_id: sessionId })}`)).data || [],
