@@ -16,8 +16,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "src" / "web" / "testing"
 
 
-def run_script(name: str, *args: str, url: str, user_id: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "AUTOBOTS_URL": url, "AUTOBOTS_USER_ID": user_id}
+def run_script(
+    name: str, *args: str, url: str, user_id: str | None, **extra_env: str
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOBOTS_")}
+    env.update({"AUTOBOTS_URL": url, **({"AUTOBOTS_USER_ID": user_id} if user_id else {}), **extra_env})
     return subprocess.run(
         [sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True, env=env, timeout=120
     )
@@ -102,3 +105,45 @@ def test_session_scripts(server, llm, user_id):
 def test_scripts_report_an_unreachable_server(user_id):
     out = run_script("newsession.py", url="http://127.0.0.1:9", user_id=user_id)
     assert out.returncode == 1 and "cannot reach" in out.stderr
+
+
+def test_scripts_default_to_the_configs_default_user(server, llm):
+    """The original scripts' defaults come from config.json's `default_user_id`."""
+    default_user = json.loads((ROOT / "src/web/config.json").read_text())["default_user_id"]
+    llm.queue("Hello. TERMINATE")
+    out = run_script("autoworkflow.py", "Hi there", url=server.url, user_id=None)
+    assert out.returncode == 0, out.stderr
+    sessions = server.get("/api/sessions", user_id=default_user).json()["data"]
+    session_id = out.stdout.split("session: ")[1].split()[0]
+    assert session_id in [s["session_id"] for s in sessions]
+
+
+@pytest.fixture(scope="module")
+def token_server(llm_server, tmp_path_factory):
+    from tests.support.auth import create_key
+    from tests.support.server import start_server
+
+    workdir = tmp_path_factory.mktemp("scripts-token")
+    key = create_key(workdir, "scripter@example.com")
+    env = {
+        "AUTOBOTS_AUTH__MODE": "token",
+        "OPENAI_API_KEY": SERVER_KEY,
+        "OPENAI_BASE_URL": llm_server.base_url,
+    }
+    srv = start_server(workdir, env=env)
+    yield srv, key
+    srv.stop()
+
+
+def test_scripts_sign_in_with_an_api_key(token_server, llm):
+    srv, key = token_server
+    llm.queue("Signed answer. TERMINATE")
+    out = run_script("autoworkflow.py", "Who am I?", url=srv.url, user_id=None, AUTOBOTS_API_KEY=key)
+    assert out.returncode == 0, out.stderr
+    assert "Signed answer." in out.stdout and key not in out.stdout + out.stderr
+    listed = srv.http.get(srv.url + "/api/sessions", headers={"Authorization": f"Bearer {key}"}).json()[
+        "data"
+    ]
+    assert len(listed) == 1 and listed[0]["user_id"] == "scripter@example.com"
+    refused = run_script("newsession.py", url=srv.url, user_id=None)
+    assert refused.returncode == 1 and "error 401" in refused.stderr

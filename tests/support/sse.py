@@ -17,8 +17,10 @@ class Event:
     data: dict[str, Any]
 
 
-def read_events(url: str, last_event_id: int | None = None, timeout: float = 60) -> Iterator[Event]:
-    headers = {"Accept": "text/event-stream"}
+def read_events(
+    url: str, last_event_id: int | None = None, timeout: float = 60, headers: dict[str, str] | None = None
+) -> Iterator[Event]:
+    headers = {"Accept": "text/event-stream", **(headers or {})}
     if last_event_id is not None:
         headers["Last-Event-ID"] = str(last_event_id)
     with requests.get(url, headers=headers, stream=True, timeout=timeout) as response:

@@ -18,23 +18,54 @@ from typing import Any
 WEB_DIR = Path(__file__).resolve().parent.parent
 
 
-def _defaults() -> dict[str, str]:
-    config = json.loads((WEB_DIR / "config.json").read_text())
-    return config.get("client", {})
+def _config() -> dict[str, Any]:
+    return json.loads((WEB_DIR / "config.json").read_text())
 
 
 def parser(description: str) -> argparse.ArgumentParser:
-    defaults = _defaults()
-    p = argparse.ArgumentParser(description=description)
+    """--url, --user-id and --api-key, defaulting to the environment and then to config.json's
+    `client.server_url` and `default_user_id` (the original project's key; `client.user_id` is
+    its older name)."""
+    config = _config()
+    client = config.get("client", {})
+    p = _Parser(description=description)
     p.add_argument(
         "--url",
-        default=os.environ.get("AUTOBOTS_URL") or defaults.get("server_url", "http://127.0.0.1:8081"),
+        default=os.environ.get("AUTOBOTS_URL") or client.get("server_url", "http://127.0.0.1:8081"),
         help="server URL (env AUTOBOTS_URL)",
     )
     p.add_argument(
-        "--user-id", default=os.environ.get("AUTOBOTS_USER_ID") or defaults.get("user_id", "guestuser")
+        "--user-id",
+        default=os.environ.get("AUTOBOTS_USER_ID"),
+        help="the user (env AUTOBOTS_USER_ID; default: config.json's default_user_id, or with an "
+        "API key the key's own user)",
+    )
+    p.set_defaults(
+        default_user=config.get("default_user_id") or client.get("user_id", "guestuser@autobots.local")
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("AUTOBOTS_API_KEY"),
+        help="API key for a server with auth.mode token (env AUTOBOTS_API_KEY; prefer the env)",
     )
     return p
+
+
+_API_KEY: list[str] = []
+
+
+class _Parser(argparse.ArgumentParser):
+    def parse_args(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        parsed = super().parse_args(*args, **kwargs)
+        use_api_key(parsed.api_key)
+        if parsed.user_id is None and not parsed.api_key:
+            parsed.user_id = parsed.default_user
+        return parsed
+
+
+def use_api_key(key: str | None) -> None:
+    """Sign every later `call` in with this key (sent as a bearer token, never printed)."""
+    _API_KEY[:] = [key] if key else []
 
 
 def example(name: str) -> dict[str, Any]:
@@ -47,7 +78,10 @@ def call(
     """POST `body` (or GET with `query`); prints the server's message and exits 1 on an error status."""
     full = url.rstrip("/") + path + ("?" + urllib.parse.urlencode(query) if query else "")
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(full, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if _API_KEY:
+        headers["Authorization"] = f"Bearer {_API_KEY[0]}"
+    request = urllib.request.Request(full, data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=3600) as response:
             return json.loads(response.read())
