@@ -29,9 +29,9 @@ from .llm.embedded.settings import EmbeddedSettings
 
 ENV_PREFIX = "AUTOBOTS_"
 # `AUTOBOTS_*` variables that are not settings: the config file's path, the client scripts'
-# server, user and key, and the test suite's switches (`AUTOBOTS_REQUIRE_DOCKER=1`, ...).
+# server, user and key, and the test suite's own (`AUTOBOTS_REQUIRE_DOCKER=1`, `AUTOBOTS_TEST_*`).
 RESERVED_ENV = ("AUTOBOTS_CONFIG", "AUTOBOTS_URL", "AUTOBOTS_USER_ID", "AUTOBOTS_API_KEY")
-RESERVED_ENV_PREFIXES = ("AUTOBOTS_REQUIRE_",)
+RESERVED_ENV_PREFIXES = ("AUTOBOTS_REQUIRE_", "AUTOBOTS_TEST_")
 
 
 class SettingsError(SystemExit):

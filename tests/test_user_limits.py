@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import SERVER_KEY
 from tests.support import workflows as wf
 from tests.support.scripted_llm import Reply, ScriptedLLM
+from tests.support.redis_db import RATE_LIMIT_DB, redis_url
 from tests.support.server import RunningServer, start_server
 
 
@@ -93,3 +94,29 @@ def test_daily_budget_stops_a_run_midway_and_refuses_the_next(
         "/api/messages", {"message": wf.message("rich-" + user_id, "hi"), "flow_config": priced_flow()}
     )
     assert other.status_code == 200, other.text
+
+
+def test_request_counts_are_shared_by_processes_through_redis(
+    llm_server: ScriptedLLM, tmp_path, user_id: str
+) -> None:
+    """Two API processes with `limits.per_user.storage_url` on the same Redis count one budget of
+    requests per user between them."""
+    url = redis_url(RATE_LIMIT_DB)
+    env = {
+        "AUTOBOTS_LIMITS__PER_USER__REQUESTS_PER_MINUTE": "10",
+        "AUTOBOTS_LIMITS__PER_USER__STORAGE_URL": url,
+    }
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = start_server(tmp_path / "a", env=env)
+    second = start_server(tmp_path / "b", env=env)
+    try:
+        codes = [
+            (first if i % 2 else second).get("/api/sessions", user_id=user_id).status_code for i in range(10)
+        ]
+        assert codes == [200] * 10
+        assert first.get("/api/sessions", user_id=user_id).status_code == 429
+        assert second.get("/api/sessions", user_id=user_id).status_code == 429
+    finally:
+        first.stop()
+        second.stop()
