@@ -11,9 +11,11 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
+from autobots.storage.database import alembic_config
 from tests.conftest import SERVER_KEY
 from tests.support import workflows as wf
 from tests.support.scripted_llm import ScriptedLLM
@@ -79,7 +81,7 @@ def test_a_chat_its_cost_and_the_gallery_on_postgres(pg_server, pg_url, llm, use
     engine.dispose()
     counted = llm.counted()
     assert tokens == counted["prompt_tokens"] + counted["completion_tokens"]
-    assert version == "0002"
+    assert version == ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 def test_live_run_events_on_postgres(pg_server, llm, user_id):

@@ -3,16 +3,20 @@ PyJWT against the provider's published keys (JWKS).
 
 Everything a forged or stale token could slip through is checked: the signature, with an
 algorithm from an asymmetric allowlist (never ``none``, never HS*); the key's own algorithm when
-the JWKS names one; expiry and not-before (with a small leeway for clock skew); issuer; audience;
-and the user claim. The key set is cached; a token with an unknown ``kid`` (a key rotation) fetches
-it again, but at most once per `jwks_min_refresh_s`, so a stream of made-up ``kid``s cannot turn
-the server into a load generator against the provider.
+the JWKS names one, and its type (and curve) always, so a token cannot point an RS256 signature at
+an EC key; expiry and not-before (with a small leeway for clock skew); issuer; audience; and the
+user claim. The key set is cached; a token with an unknown ``kid`` (a key rotation) fetches it
+again, but at most once per `jwks_min_refresh_s`, so a stream of made-up ``kid``s cannot turn the
+server into a load generator against the provider. Whatever a token or the provider sends, the
+answer is an `Identity` or `TokenRejected`, never another exception: keys PyJWT cannot load are
+skipped, and a provider that cannot be read rejects only the tokens its cached keys cannot check.
 
 This module imports nothing from the app: it takes its settings and a fetch function.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import time
@@ -94,21 +98,19 @@ class OIDCVerifier:
                 raise ValueError("no 'keys' list")
         except TokenRejected:
             raise
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError, http.client.HTTPException) as exc:
             raise TokenRejected(
                 f"the identity provider's keys could not be read ({type(exc).__name__})"
             ) from exc
         keys: dict[str, tuple[jwt.PyJWK, str | None]] = {}
         anonymous: list[tuple[jwt.PyJWK, str | None]] = []
         for entry in entries:
-            if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
-                continue
+            if not isinstance(entry, dict) or entry.get("use", "sig") != "sig" or entry.get("kty") == "oct":
+                continue  # an encryption key, or a symmetric one: never a signature key here
             try:
                 key = jwt.PyJWK(entry)
-            except (jwt.PyJWKError, ValueError, TypeError):
-                continue  # a key type this server cannot use (or a symmetric "oct" key): skipped
-            if entry.get("kty") == "oct":
-                continue
+            except (jwt.PyJWTError, ValueError, TypeError, KeyError, NotImplementedError):
+                continue  # a key type, curve or algorithm this server cannot use: skipped
             declared = entry.get("alg") if isinstance(entry.get("alg"), str) else None
             if isinstance(entry.get("kid"), str) and entry["kid"]:
                 keys[entry["kid"]] = (key, declared)
@@ -121,11 +123,17 @@ class OIDCVerifier:
             stale = time.monotonic() - self._fetched_at > self._settings.jwks_cache_s
             unknown = (kid not in self._keys) if kid else not self._anonymous
             may_refetch = time.monotonic() - self._fetched_at >= self._settings.jwks_min_refresh_s
+            failed: TokenRejected | None = None
             if stale or (unknown and may_refetch):
-                self._refresh()
+                try:
+                    self._refresh()
+                except TokenRejected as exc:
+                    failed = exc  # the cached keys still check the tokens they signed
             found = self._keys.get(kid) if kid else None
             if not kid and len(self._anonymous) == 1:
                 found = self._anonymous[0]
+        if found is None and failed is not None:
+            raise failed
         if found is None:
             raise TokenRejected("the token was signed with a key the identity provider does not publish")
         return found
@@ -136,14 +144,15 @@ class OIDCVerifier:
         s = self._settings
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError as exc:
+        except (jwt.InvalidTokenError, ValueError) as exc:
             raise TokenRejected("the bearer token is not a JWT") from exc
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in s.algorithms:
-            raise TokenRejected(f"the token's algorithm {alg!r} is not accepted")
+            shown = repr(alg[:20]) if isinstance(alg, str) else type(alg).__name__
+            raise TokenRejected(f"the token's algorithm {shown} is not accepted")
         kid = header.get("kid")
         key, declared = self._key_for(kid if isinstance(kid, str) else None)
-        if declared is not None and declared != alg:
+        if (declared is not None and declared != alg) or not _fits(key, alg):
             raise TokenRejected("the token's algorithm does not match its key")
         try:
             claims = jwt.decode(
@@ -167,15 +176,33 @@ class OIDCVerifier:
             raise TokenRejected("the token's signature does not verify") from exc
         except jwt.InvalidTokenError as exc:
             raise TokenRejected(f"the token is not valid ({type(exc).__name__})") from exc
+        except jwt.PyJWTError as exc:  # e.g. InvalidKeyError: the key cannot check this algorithm
+            raise TokenRejected("the token's algorithm does not match its key") from exc
         user = _claim(claims, s.user_claim)
         if not isinstance(user, str) or not user or len(user) > 200:
             raise TokenRejected(f"the token has no usable '{s.user_claim}' claim")
-        exp = claims.get("exp")
-        return Identity(
-            user_id=user,
-            is_admin=_is_admin(claims, s),
-            expires_at=datetime.fromtimestamp(exp, UTC) if isinstance(exp, int | float) else None,
-        )
+        return Identity(user_id=user, is_admin=_is_admin(claims, s), expires_at=_expiry(claims.get("exp")))
+
+
+# The key type each algorithm family needs; an EC key's curve must also be the algorithm's own.
+_KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+
+
+def _fits(key: jwt.PyJWK, alg: str) -> bool:
+    if key.key_type != _KEY_TYPES.get(alg[:2]):
+        return False
+    # PyJWK names an EC key's algorithm after its curve (P-256: ES256) unless the JWKS names one.
+    return key.key_type != "EC" or key.algorithm_name == alg
+
+
+def _expiry(exp: Any) -> datetime | None:
+    """`exp` as a time (PyJWT has checked it is a number in the future); None if out of range."""
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
+        return None
+    try:
+        return datetime.fromtimestamp(exp, UTC)
+    except (OverflowError, ValueError, OSError):
+        return None  # a year past 9999: the sign-in's own lifetime bounds it
 
 
 def _claim(claims: dict[str, Any], path: str) -> Any:
