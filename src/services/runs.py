@@ -70,6 +70,9 @@ class LiveRun:
     reply: Message | None = None
     error: RunFailed | None = None
     future: Future[None] | None = None
+    # Called (with `changed` held) after every event: listeners on an event loop wake up here
+    # instead of holding a thread each while they wait.
+    wakers: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def run_id(self) -> str:
@@ -324,6 +327,15 @@ class RunManager:
             return self._follow(live, after)
         return iter(self._repo.events_after(run_id, after, limit=1_000_000))
 
+    def feed(self, user_id: str | None, run_id: str) -> EventFeed:
+        """A non-blocking view of the run's events for listeners on an event loop (the SSE
+        server): `take` never waits, `subscribe` says when there is something new."""
+        self._owned(user_id, run_id)
+        live = self._live_run(run_id)
+        if live is not None:
+            return _LiveFeed(live)
+        return _StoredFeed(self._repo, run_id)
+
     def _follow(self, live: LiveRun, after: int) -> Iterator[tuple[int, str, dict[str, Any]] | None]:
         """A live run's events come from memory: listeners never wait for the database. The
         stream ends with the terminal status, after which a run emits nothing."""
@@ -464,6 +476,8 @@ class RunManager:
         live.events.append((live.seq, kind, data))
         self._writer.put_event(live.run_id, live.seq, kind, data)
         live.changed.notify_all()
+        for wake in list(live.wakers):
+            wake()
 
 
 _REPLYING_AS = re.compile(r"Replying as ([^.\s]+)\.")
@@ -491,3 +505,52 @@ def _call_event(call: LLMCall) -> dict[str, Any]:
 
 
 __all__ = ["HEARTBEAT", "SEQ_SLACK", "TERMINAL", "LiveRun", "RunManager", "WrongState"]
+
+
+Event = tuple[int, str, dict[str, Any]]
+
+
+class EventFeed:
+    """One run's events as a listener that must not block sees them."""
+
+    def take(self, after: int) -> tuple[list[Event], bool]:
+        """The events after id `after`, and whether the run has ended (nothing more will come)."""
+        raise NotImplementedError
+
+    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call `wake` (from any thread, quickly) when there may be new events; returns the
+        function that ends the subscription."""
+        return lambda: None
+
+
+class _LiveFeed(EventFeed):
+    def __init__(self, live: LiveRun) -> None:
+        self._live = live
+
+    def take(self, after: int) -> tuple[list[Event], bool]:
+        live = self._live
+        with live.changed:  # a live run's ids are 1, 2, 3, ...: event `n` is at index n - 1
+            return live.events[max(0, after) :], live.concluded
+
+    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
+        live = self._live
+        with live.changed:
+            live.wakers.append(wake)
+
+        def unsubscribe() -> None:
+            with live.changed:
+                if wake in live.wakers:
+                    live.wakers.remove(wake)
+
+        return unsubscribe
+
+
+class _StoredFeed(EventFeed):
+    """A finished run (or one another process holds): its stored events, all at once."""
+
+    def __init__(self, repo: Repository, run_id: str) -> None:
+        self._repo = repo
+        self._run_id = run_id
+
+    def take(self, after: int) -> tuple[list[Event], bool]:
+        return self._repo.events_after(self._run_id, after, limit=1_000_000), True

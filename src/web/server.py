@@ -1,15 +1,22 @@
-"""Serving the app with gunicorn: one worker process, many threads.
+"""Serving the app with gunicorn: one worker process, its asyncio (ASGI) worker in front.
 
-One process, because the embedded model and the live runs are per process state; many threads,
-because a blocking `POST /api/messages` holds its thread for the whole run and the server must
-still answer a hundred more at once.
+One process, because the embedded model and the live runs are per process state. Connections
+are asyncio tasks (`asgi.py`): idle event-stream listeners and slow clients hold no thread, and
+the Flask app runs in a pool of `server_threads` threads, because a blocking `POST /api/messages`
+holds its thread for the whole run and the server must still answer a hundred more at once.
+Each server has no gunicorn control socket: every gunicorn of a machine would share one
+(`~/.gunicorn/gunicorn.ctl`), and nothing here uses it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import resource
+import threading
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers.gasgi import ASGIWorker
 
 from ..settings import Settings
 
@@ -24,9 +31,10 @@ class GunicornServer(BaseApplication):
         options: dict[str, Any] = {
             "bind": f"{s.host}:{s.port}",
             "workers": 1,
-            "worker_class": "gthread",
-            "threads": s.server_threads,
-            # Long runs hold a request open; the worker heartbeat is separate in gthread.
+            "worker_class": StoppingASGIWorker,
+            # Open connections one process may hold (idle listeners are cheap; see asgi.py).
+            "worker_connections": 20_000,
+            # Long runs hold a request open; the worker's heartbeat runs beside them.
             "timeout": 0,
             "graceful_timeout": 10,
             "keepalive": 5,
@@ -36,23 +44,46 @@ class GunicornServer(BaseApplication):
             # Query strings are logged; request bodies (where keys would be) never are.
             "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(M)sms',
             "worker_exit": _stop_runs,
+            "control_socket_disable": True,
         }
         for key, value in options.items():
             self.cfg.set(key, value)
 
     def load(self) -> Any:
         from .app import create_app
+        from .asgi import Front
 
-        return create_app(self._settings)
+        _raise_open_files_limit()
+        return Front(create_app(self._settings), self._settings)
+
+
+class StoppingASGIWorker(ASGIWorker):
+    """gunicorn's asyncio worker that, on SIGTERM, ends live runs first: their listeners' streams
+    then end with the runs, and the worker need not sit out the graceful timeout for them."""
+
+    def handle_exit_signal(self) -> None:
+        super().handle_exit_signal()
+        threading.Thread(target=_stop_runs, args=(None, self), name="stop-runs", daemon=True).start()
 
 
 def _stop_runs(_arbiter: Any, worker: Any) -> None:
     """End live runs as interrupted before the worker exits: a run waiting for a human (or
     queued) would otherwise hold the interpreter open until the master's SIGKILL."""
-    app = getattr(worker, "wsgi", None)
+    front = getattr(worker, "asgi", None) or getattr(worker, "wsgi", None)
+    app = getattr(front, "app", None)
     services = getattr(app, "extensions", {}).get("autobots")
     if services is not None:
         services.runs.shutdown()
+
+
+def _raise_open_files_limit() -> None:
+    """Thousands of idle listeners need as many sockets: lift the soft limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(
+                resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard)
+            )
 
 
 def serve(settings: Settings) -> None:

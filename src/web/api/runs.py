@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 from flask import Response, request, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
+from flask_openapi3.types import ResponseDict
 from pydantic import BaseModel, Field
 
 from ...schemas.api import ErrorResponse, PostMessageRequest, RunInputRequest, RunQuery, RunResponse
 from ...services.runs import HEARTBEAT
+from .. import sse
 from ..auth import run_owner
 from ..context import services
 from ..errors import envelope
 from .messages import own_message
 
 bp = APIBlueprint("runs", __name__, url_prefix="/api", abp_tags=[Tag(name="runs")])
-ERRORS = {400: ErrorResponse, 404: ErrorResponse, 409: ErrorResponse}
+ERRORS: ResponseDict = {400: ErrorResponse, 404: ErrorResponse, 409: ErrorResponse}
 
 
 class RunPath(BaseModel):
@@ -61,25 +62,20 @@ def answer_run(path: RunPath, query: RunQuery, body: RunInputRequest) -> tuple[R
 
 @bp.get("/runs/<run_id>/events", doc_ui=True)
 def run_events(path: RunPath, query: RunQuery) -> Response:
-    """Server-Sent Events, one per thing the run says or does; resumes after `Last-Event-ID`."""
-    raw = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or "0"
-    try:
-        after = max(0, int(raw))
-    except ValueError:
-        after = 0
+    """Server-Sent Events, one per thing the run says or does; resumes after `Last-Event-ID`.
+
+    The server answers this path on its event loop (`web/asgi.py`), holding no thread per
+    listener; this view serves it where the app runs as plain WSGI."""
+    after = sse.last_event_id(request.headers.get("Last-Event-ID"), request.args.get("last_event_id"))
     events = services().runs.stream(run_owner(query.user_id), path.run_id, after)
 
-    def generate() -> Iterator[str]:
-        yield "retry: 1000\n\n"
+    def generate() -> Iterator[bytes]:
+        yield sse.RETRY
         for event in events:
-            if event is HEARTBEAT:
-                yield ": keep-alive\n\n"
-                continue
-            seq, kind, data = event
-            yield f"id: {seq}\nevent: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+            yield sse.KEEPALIVE if event is HEARTBEAT else sse.encode(*event)
 
     return Response(
         stream_with_context(generate()),
         mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers={"X-Accel-Buffering": "no"},
     )
