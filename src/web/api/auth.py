@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from ...schemas.api import Envelope, ErrorResponse
 from ...services.errors import Unauthorized
-from ..auth import acting_user, check_same_origin, principal
+from ..auth import acting_user, bearer_credential, check_same_origin, principal
 from ..context import services
 from ..errors import envelope
 
@@ -79,6 +79,8 @@ def sign_in() -> tuple[Response, int]:
     if not identity.signs_in:
         return envelope(True, "this server signs nobody in (auth.mode is none)", data=_info())
     if who is None or who.method == "cookie":
+        if (credential := bearer_credential()) is not None:
+            identity.authenticate(credential)  # a bad key or token: a 401 that says why
         raise Unauthorized("send your API key (or token) as 'Authorization: Bearer ...' to sign in")
     token, expires = identity.sign_in(who)
     response, code = envelope(True, f"signed in as {who.user_id}", data=_info())

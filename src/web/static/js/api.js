@@ -10,12 +10,18 @@ export class ApiError extends Error {
   }
 }
 
-async function call(method, path, body) {
+// Called when a call answers 401 (the sign-in cookie expired or was ended), except the sign-in calls.
+let unauthorized = null;
+export function whenUnauthorized(handler) {
+  unauthorized = handler;
+}
+
+async function call(method, path, body, headers = {}) {
   let response;
   try {
     response = await fetch(path, {
       method,
-      headers: body === undefined ? { Accept: "application/json" } : { "Content-Type": "application/json", Accept: "application/json" },
+      headers: { ...(body === undefined ? { Accept: "application/json" } : { "Content-Type": "application/json", Accept: "application/json" }), ...headers },
       body: body === undefined ? undefined : JSON.stringify(body),
       cache: "no-store",
       credentials: "same-origin",
@@ -30,6 +36,7 @@ async function call(method, path, body) {
   } catch {
     payload = null;
   }
+  if (response.status === 401 && !path.startsWith("/api/auth")) unauthorized?.();
   if (!response.ok || !payload || payload.status === false) {
     const message = payload?.message || `The server answered ${response.status} ${response.statusText}`.trim();
     throw new ApiError(message, response.status, payload?.data ?? null);
@@ -41,6 +48,12 @@ const q = (params) => new URLSearchParams(Object.entries(params).filter(([, v]) 
 const seg = (s) => encodeURIComponent(s);
 
 export const api = {
+  // sign-in: the key or token goes in the Authorization header of this one call, never in a URL
+  authInfo: async () => (await call("GET", "/api/auth")).data,
+  signIn: async (credential) => (await call("POST", "/api/auth/session", undefined, { Authorization: `Bearer ${credential}` })).data,
+  signOut: async () => (await call("DELETE", "/api/auth/session")).data,
+  me: async () => (await call("GET", "/api/me")).data,
+
   examples: async () => (await call("GET", "/api/examples")).data || [],
 
   sessions: async (userId) => (await call("GET", `/api/sessions?${q({ user_id: userId })}`)).data || [],

@@ -2,6 +2,7 @@
 // the composer, live runs, publishing. No framework: state here, DOM built by the other modules.
 
 import { api } from "./api.js";
+import { Auth } from "./auth.js";
 import { $, h, uuid4 } from "./dom.js";
 import { duration, plural, tokens, truncate, usd } from "./format.js";
 import { GalleryView, showPublished } from "./gallery.js";
@@ -11,11 +12,10 @@ import { RunView, TERMINAL } from "./run.js";
 import { renderSessionList, sessionTitle } from "./sidebar.js";
 import { WorkflowPicker, describeFlow } from "./workflows.js";
 
-const USER_KEY = "autobots.user_id";
 const runKey = (sessionId) => `autobots.run.${sessionId}`;
 
 const state = {
-  userId: localStorage.getItem(USER_KEY) || "",
+  userId: "",
   sessions: [],
   sessionsError: null,
   sessionsLoaded: null,
@@ -75,65 +75,42 @@ function toast(message, { error = false, link = null } = {}) {
   setTimeout(() => item.remove(), error ? 9000 : 6000);
 }
 
-// user id -----------------------------------------------------------------------------------
+// who uses the page (auth.js: the user-id dialog, or signing in and out) ----------------------
 
-const userDialog = $("#user-dialog");
-const userInput = $("#user-input");
-const userError = $("#user-error");
+const auth = new Auth({ onUser: switchUser, toast });
+let started = false;
 
-function askUser() {
-  userInput.value = state.userId;
-  userError.textContent = "";
-  $("#user-cancel").hidden = !state.userId;
-  userDialog.showModal();
-  userInput.focus();
+async function switchUser(userId) {
+  const previous = state.userId;
+  state.userId = userId;
+  if (userId && !examplesLoaded) loadExamples();
+  if (started && userId === previous) return;
+  if (started) forgetChats();
+  started = true;
+  await loadSessions();
+  if (previous && location.hash.startsWith("#/chat/")) location.hash = "#/";
+  else route();
 }
 
-userDialog.addEventListener("cancel", (event) => {
-  if (!state.userId) event.preventDefault(); // a user id is needed before anything else
-});
-$("#user-cancel").addEventListener("click", () => userDialog.close());
-$("#user-form").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  const value = userInput.value.trim();
-  if (!value) {
-    userError.textContent = "Enter a user id, for example your email address.";
-    userInput.setAttribute("aria-invalid", "true");
-    return;
-  }
-  if (value.length > 200) {
-    userError.textContent = "A user id has at most 200 characters.";
-    return;
-  }
-  userInput.removeAttribute("aria-invalid");
-  const changed = value !== state.userId;
-  state.userId = value;
-  localStorage.setItem(USER_KEY, value);
-  userDialog.close();
-  showUser();
-  if (changed) {
-    state.current = null;
-    await loadSessions();
-    if (location.hash.startsWith("#/chat/")) location.hash = "#/";
-    else route();
-  }
-});
-$("#change-user").addEventListener("click", askUser);
-
-function showUser() {
-  $("#user-id-label").textContent = state.userId || "No user id";
+/** Another user (or nobody, signed out): nothing of the last one's chats stays on the page. */
+function forgetChats() {
+  for (const run of state.runs.values()) run.cleanup();
+  state.runs.clear();
+  Object.keys(sessionStorage).filter((k) => k.startsWith(runKey(""))).forEach((k) => sessionStorage.removeItem(k));
+  Object.assign(state, { sessions: [], sessionsError: null, sessionsLoaded: null, current: null, messages: [] });
 }
 
 // sessions ----------------------------------------------------------------------------------
 
 async function loadSessions() {
   if (!state.userId) return;
+  const userId = state.userId;
   const job = (async () => {
     try {
-      state.sessions = await api.sessions(state.userId);
-      state.sessionsError = null;
+      const sessions = await api.sessions(userId);
+      if (userId === state.userId) [state.sessions, state.sessionsError] = [sessions, null]; // not signed out meanwhile
     } catch (err) {
-      state.sessionsError = err.message;
+      if (userId === state.userId) state.sessionsError = err.message;
     }
     renderSidebar();
   })();
@@ -478,7 +455,7 @@ async function submit() {
   }
   if (run || state.sending || !text.trim()) return;
   if (!state.userId) {
-    askUser();
+    auth.ask();
     return;
   }
   state.sending = true;
@@ -652,8 +629,8 @@ $("#workflow-copy").addEventListener("click", async (event) => {
 });
 for (const dialog of document.querySelectorAll("dialog")) {
   dialog.addEventListener("click", (event) => {
-    // a click on the backdrop closes the dialog (except the one asking for the user id)
-    if (event.target === dialog && (dialog !== userDialog || state.userId)) dialog.close();
+    // a click on the backdrop closes the dialog (except those asking who you are)
+    if (event.target === dialog && !auth.holds(dialog)) dialog.close();
   });
 }
 
@@ -689,18 +666,16 @@ el.sidebar.addEventListener("click", (event) => {
 
 // start -------------------------------------------------------------------------------------
 
+let examplesLoaded = false;
 async function loadExamples() {
   try {
     picker.setExamples(await api.examples());
+    examplesLoaded = true;
   } catch (err) {
     picker.setExamples([], err.message);
   }
 }
 
 window.addEventListener("hashchange", route);
-showUser();
 updateComposer();
-loadExamples();
-if (!state.userId) askUser();
-else loadSessions();
-route();
+auth.start();
