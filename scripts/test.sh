@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs and run all of it: Debian packages (as root), the
 # Python requirements into .venv (llama-cpp-python compiles: ~6 minutes the first time; the
-# default model's weights are 1.1 GB), a private Docker engine and the sandbox image; then ruff
-# and pytest. CI runs exactly this (.ci/run). Extra arguments go to pytest.
+# default model's weights are 1.1 GB), a private Docker engine and the sandbox image; then
+# ruff, mypy and pytest. CI runs exactly this (.ci/run). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3.11}"
@@ -43,6 +43,9 @@ fi
 echo "== ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+
+echo "== mypy"
+.venv/bin/mypy
 
 echo "== pytest"
 exec .venv/bin/python -m pytest "$@"

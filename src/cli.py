@@ -6,6 +6,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for the annotation only: the commands import the server where they use it
+    from .services.identity import IdentityService
 
 
 def _is_loopback(host: str) -> bool:
@@ -40,7 +44,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _identity(config: str | None):  # type: ignore[no-untyped-def]
+def _identity(config: str | None) -> IdentityService:
     from .services.identity import IdentityService
     from .settings import load_settings
     from .storage.database import create_db_engine, make_session_factory, migrate
@@ -53,7 +57,7 @@ def _identity(config: str | None):  # type: ignore[no-untyped-def]
 
 
 def _when(value: object) -> str:
-    return value.isoformat(timespec="seconds") if hasattr(value, "isoformat") else "-"  # type: ignore[union-attr]
+    return value.isoformat(timespec="seconds") if hasattr(value, "isoformat") else "-"
 
 
 def _keys(args: argparse.Namespace) -> int:

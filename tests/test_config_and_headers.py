@@ -33,7 +33,7 @@ def test_every_key_can_be_set_by_environment_and_unknown_ones_are_refused() -> N
         load_settings(env={"AUTOBOTS_LIMITS__MAX_LLM_CALS": "3"})
     with pytest.raises(SystemExit, match="AUTOBOTS_AUTH__MODE"):
         load_settings(env={"AUTOBOTS_AUTH__MODE": "everyone"})
-    with pytest.raises(SystemExit, match="auth.oidc.issuer"):
+    with pytest.raises(SystemExit, match=r"auth\.oidc\.issuer"):
         load_settings(env={"AUTOBOTS_AUTH__MODE": "oidc"})
 
 

@@ -11,8 +11,8 @@ import pytest
 
 from tests.conftest import SERVER_KEY
 from tests.support import workflows as wf
-from tests.support.scripted_llm import Reply, ScriptedLLM
 from tests.support.redis_db import RATE_LIMIT_DB, redis_url
+from tests.support.scripted_llm import Reply, ScriptedLLM
 from tests.support.server import RunningServer, start_server
 
 

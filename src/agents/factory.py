@@ -8,9 +8,10 @@ before each LLM call and reports each message it says to the run's transcript.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from autogen import AssistantAgent, ConversableAgent, GroupChat, GroupChatManager, UserProxyAgent
+from autogen import LLMConfig as AutogenLLMConfig
 from autogen.agentchat import Agent
 
 from ..llm.endpoints import NoUsableEndpoint, ResolvedLLMConfig
@@ -23,6 +24,8 @@ from .transcript import Transcript, message_text
 ExecutorSource = Callable[[AgentConfig], Any]
 # Given a request's llm_config, the resolved AutoGen config (credentials, prices).
 LLMResolver = Callable[[LLMConfig], ResolvedLLMConfig]
+# An agent handed through _wire keeps its own type (a GroupChatManager stays one).
+_Agent = TypeVar("_Agent", bound=ConversableAgent)
 
 
 class WorkflowConfigError(ValueError):
@@ -116,7 +119,9 @@ class AgentFactory:
         """A manager over fresh members; without a manager spec, defaults suitable for most teams."""
         built = [self.build(m) for m in members]
         cfg = spec.config if spec is not None else AgentConfig(name="group_chat_manager")
-        llm_config = self.llm_config_for(spec) if spec is not None else False
+        llm_config: dict[str, Any] | AutogenLLMConfig | bool = (
+            self.llm_config_for(spec) if spec is not None else False
+        )
         if llm_config is False:
             llm_config = next((a.llm_config for a in built if a.llm_config), False)
         method = cfg.speaker_selection_method.value
@@ -156,7 +161,7 @@ class AgentFactory:
         executor = self._executors(cfg)
         return {"executor": executor} if executor is not None else False
 
-    def _wire(self, agent: ConversableAgent) -> ConversableAgent:
+    def _wire(self, agent: _Agent) -> _Agent:
         recorder, transcript, name = self.recorder, self.transcript, agent.name
 
         def check_budget(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -168,7 +168,12 @@ def _groupchat(
     if proxies:
         # The team's own user proxy starts the chat as a member; it is built with the others.
         manager = factory.group_manager(flow.groupchat_manager(), members)
-        initiator = next(a for a in manager.groupchat.agents if a.name == proxies[0].agent_name)
+        # GroupChat types its agents as Agent; the factory built them all as ConversableAgent.
+        initiator = next(
+            a
+            for a in manager.groupchat.agents
+            if isinstance(a, ConversableAgent) and a.name == proxies[0].agent_name
+        )
     else:
         # A user proxy linked as sender outside the members (members nested in the manager)
         # starts the chat; without one, a default user proxy does.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TypedDict
 
 from .base import Observer, SandboxExecutor
 from .docker_engine import PING_TIMEOUT_S, connect, require_image
@@ -20,6 +21,17 @@ from .request import ExecutionRequest
 from .settings import ExecutionSettings
 
 log = logging.getLogger(__name__)
+
+
+class _ExecutorArgs(TypedDict):
+    """The keyword arguments every executor takes (Docker's adds its client and image)."""
+
+    work_dir: Path
+    sub_dir: str | None
+    settings: ExecutionSettings
+    timeout_s: int
+    run_id: str
+    observer: Observer | None
 
 
 def docker_available(settings: ExecutionSettings) -> bool:
@@ -56,7 +68,7 @@ def open_executor(
             f"sandbox image '{image}' is not allowed on this server: use the default image "
             f"'{settings.image}' or ask the operator to add it to code_execution.allowed_images"
         )
-    common = {
+    common: _ExecutorArgs = {
         "work_dir": Path(work_dir),
         "sub_dir": request.work_dir,
         "settings": settings,

@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -136,7 +136,7 @@ def run_subdir(session_dir: Path, sub_dir: str | None, owner: tuple[int, int] | 
     return sub
 
 
-def _walk(fd: int, depth: int = 0) -> Iterator[tuple[int, str, os.DirEntry[str]]]:
+def _walk(fd: int, depth: int = 0) -> Generator[tuple[int, str, os.DirEntry[str]], None, None]:
     """(dir fd, path relative to the top, entry) for everything below the dir ``fd``.
 
     Directories are opened with O_NOFOLLOW relative to their parent's fd, so a

@@ -95,6 +95,7 @@ def resolve(
     default = settings.llm.default_model if server_has_endpoint(settings) else settings.embedded.default_model
     entries_in = config.config_list or [ModelEndpoint(model=default)]
     for entry in entries_in:
+        resolved: dict[str, Any] | None
         if embedded.is_embedded(entry.model):
             resolved = _embedded_entry(entry.model, settings, start_embedded, run_tag, stoppers)
         else:

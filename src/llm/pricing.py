@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import cast
 
 from autogen.oai.openai_utils import OAI_PRICE1K
 
@@ -29,7 +30,9 @@ def _dec(value: float) -> Decimal:
 
 
 def autogen_price(model: str) -> Price | None:
-    entry = OAI_PRICE1K.get(model)
+    # AutoGen's table is a plain literal that mypy reads as dict[str, object]: each value is the
+    # price per 1k tokens, one number for both directions or a (prompt, completion) pair.
+    entry = cast("float | tuple[float, float] | None", OAI_PRICE1K.get(model))
     if entry is None:
         return None
     if isinstance(entry, tuple):

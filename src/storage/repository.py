@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, insert, select, text
+from sqlalchemy import CursorResult, delete, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as OrmSession
 
@@ -105,7 +105,9 @@ class Repository(Store):
             query = delete(MessageRow).where(MessageRow.msg_id == msg_id, MessageRow.user_id == user_id)
             if session_id is not None:
                 query = query.where(MessageRow.session_id == session_id)
-            return bool(db.execute(query).rowcount)
+            # A DELETE gives a CursorResult (with rowcount); Session.execute is typed as any Result.
+            result = cast("CursorResult[Any]", db.execute(query))
+            return bool(result.rowcount)
 
     # runs and LLM calls -------------------------------------------------------------------------
 
@@ -375,7 +377,7 @@ def _message(row: MessageRow) -> Message:
         msg_id=row.msg_id,
         user_id=row.user_id,
         session_id=row.session_id,
-        role=row.role,  # type: ignore[arg-type]
+        role=row.role,
         content=row.content,
         root_msg_id=row.root_msg_id,
         metadata=row.meta,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import atexit
 import logging
+from typing import cast
 
+from flask.json.provider import DefaultJSONProvider
 from flask_openapi3 import Info, OpenAPI
 
 from .. import __version__
@@ -40,7 +42,8 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         doc_ui=False,
     )
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    # Flask types app.json as the JSONProvider interface; the app keeps the default provider.
+    cast(DefaultJSONProvider, app.json).sort_keys = False
 
     engine = create_db_engine(settings.database_url)
     migrate(engine)

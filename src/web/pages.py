@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, request, send_from_directory
+from flask import Response, request, send_from_directory
 from flask.sansio.blueprints import BlueprintSetupState
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, ValidationError
@@ -118,7 +118,7 @@ def static_file(filename: str) -> Response:
 @bp.record_once
 def _serve_static(state: BlueprintSetupState) -> None:
     """Serve `/static/` from this folder, unless the app already does (Flask's default does)."""
-    app: Flask = state.app
+    app = state.app
     if not app.has_static_folder or Path(app.static_folder or "").resolve() != STATIC_DIR:
         app.add_url_rule("/static/<path:filename>", endpoint="pages.static", view_func=static_file)
 

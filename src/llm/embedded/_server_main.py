@@ -55,7 +55,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -153,7 +153,7 @@ def _make_llama_class() -> type:
     """
     import llama_cpp
 
-    class MeteredLlama(llama_cpp.Llama):  # type: ignore[misc]
+    class MeteredLlama(llama_cpp.Llama):
         last_usage: tuple[int, int] = (0, 0)
         cancel: threading.Event | None = None
 
@@ -190,7 +190,9 @@ def _make_llama_class() -> type:
                 if self._reading_prompt:
                     self.stats["prompt_tokens_evaluated"] += len(batch)
 
-        def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
+        def generate(
+            self, tokens: Sequence[int], *args: Any, **kwargs: Any
+        ) -> Generator[int, Sequence[int] | None, None]:
             prompt_tokens = len(tokens)
             completion_tokens = 0
             self.last_usage = (prompt_tokens, 0)
@@ -406,12 +408,14 @@ def build_app(config: dict[str, Any], models: ResidentModels) -> Any:
         )
 
     llama_app.set_server_settings(ServerSettings(api_key=config["api_key"], interrupt_requests=False))
-    llama_app._llama_proxy = models  # read per request by llama_app.get_llama_proxy
+    # Read per request by llama_app.get_llama_proxy. Typed as its own LlamaProxy; ResidentModels
+    # stands in for it (called with a model name, it returns that resident Llama).
+    llama_app._llama_proxy = models  # type: ignore[assignment]
 
     class StreamOptions(BaseModel):
         include_usage: bool = False
 
-    class ChatRequest(CreateChatCompletionRequest):  # type: ignore[misc]
+    class ChatRequest(CreateChatCompletionRequest):
         stream_options: StreamOptions | None = None
         # OpenAI's newer name for max_tokens, which some clients send instead.
         max_completion_tokens: int | None = None

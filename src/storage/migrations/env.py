@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from alembic import context
 
-from autobots.storage.tables import Base
+if TYPE_CHECKING:
+    # mypy checks src/ as the package `src` (the `autobots` name exists only through the
+    # editable install's import hook, which mypy cannot follow), so it reads the tables
+    # relatively. Alembic loads this file by path, outside any package: at run time the
+    # import has to be absolute.
+    from ..tables import Base
+else:
+    from autobots.storage.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

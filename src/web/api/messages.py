@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
+from flask_openapi3.types import ResponseDict
 
 from ...schemas.api import (
     DeleteMessageRequest,
@@ -20,7 +21,7 @@ from ..context import services
 from ..errors import envelope
 
 bp = APIBlueprint("messages", __name__, url_prefix="/api", abp_tags=[Tag(name="messages")])
-ERRORS = {400: ErrorResponse, 404: ErrorResponse, 502: ErrorResponse, 503: ErrorResponse}
+ERRORS: ResponseDict = {400: ErrorResponse, 404: ErrorResponse, 502: ErrorResponse, 503: ErrorResponse}
 
 
 @bp.post("/messages", responses={200: PostMessageResponse, **ERRORS})

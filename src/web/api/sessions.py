@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
+from flask_openapi3.types import ResponseDict
 
 from ...schemas.api import (
     ClearDbRequest,
@@ -21,7 +22,7 @@ from ..context import services
 from ..errors import envelope
 
 bp = APIBlueprint("sessions", __name__, url_prefix="/api", abp_tags=[Tag(name="sessions")])
-ERRORS = {400: ErrorResponse, 404: ErrorResponse}
+ERRORS: ResponseDict = {400: ErrorResponse, 404: ErrorResponse}
 
 
 def _dump(sessions: list[Session]) -> list[dict]:

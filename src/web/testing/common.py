@@ -55,7 +55,7 @@ _API_KEY: list[str] = []
 
 
 class _Parser(argparse.ArgumentParser):
-    def parse_args(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def parse_args(self, *args: Any, **kwargs: Any) -> Any:
         parsed = super().parse_args(*args, **kwargs)
         use_api_key(parsed.api_key)
         if parsed.user_id is None and not parsed.api_key:
