@@ -54,13 +54,23 @@ def test_sessions_create_and_list(server, user_id):
     assert server.get("/api/sessions", user_id="nobody-" + user_id).json()["data"] == []
 
 
-def test_session_id_of_another_user_is_refused(server, user_id):
-    sid = str(uuid.uuid4())
+def test_session_ids_are_per_user(server, llm, user_id):
+    """Creating a session tells nobody which ids other users have: the same id is another
+    user's own, separate session."""
+    sid = "shared-name-" + uuid.uuid4().hex[:6]
+    other = "intruder-" + user_id
     assert new_session(server, user_id, session_id=sid).status_code == 200
-    r = new_session(server, "intruder-" + user_id, session_id=sid)
-    assert r.status_code == 400 and "already in use" in r.json()["message"]
-    r = server.get("/api/messages", user_id="intruder-" + user_id, session_id=sid)
-    assert r.status_code == 404
+    chat(server, llm, user_id, sid, "mine", "only mine TERMINATE")
+    r = new_session(server, other, session_id=sid)
+    assert r.status_code == 200 and [s["session_id"] for s in r.json()["data"]] == [sid]
+    assert server.get("/api/messages", user_id=other, session_id=sid).json()["data"] == []
+    chat(server, llm, other, sid, "theirs", "only theirs TERMINATE")
+    mine = server.get("/api/messages", user_id=user_id, session_id=sid).json()["data"]
+    theirs = server.get("/api/messages", user_id=other, session_id=sid).json()["data"]
+    assert [m["content"] for m in mine] == ["mine", "only mine"]
+    assert [m["content"] for m in theirs] == ["theirs", "only theirs"]
+    assert server.post("/api/cleardb", {"user_id": other, "session_id": sid}).status_code == 200
+    assert len(server.get("/api/messages", user_id=user_id, session_id=sid).json()["data"]) == 2
 
 
 def test_messages_are_saved_listed_and_deleted(server, llm, user_id):

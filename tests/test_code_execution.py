@@ -422,3 +422,43 @@ def test_unreachable_engine_is_a_clear_503(llm, tmp_path, user_id):
         assert [m["role"] for m in msgs.json()["data"]] == ["user"]
     finally:
         srv.stop()
+
+
+def test_files_go_with_their_session_and_are_per_user(exec_server, llm, user_id):
+    """The attack: Alice's code leaves a file in session "s"; Alice deletes the session; Mallory
+    (or Alice again) creates a session "s" and asks for the file. Nothing of the deleted session
+    can be read, and two users' sessions of one id never see each other's files."""
+    sid = "files-" + uuid.uuid4().hex[:6]
+    r = run_code(
+        exec_server,
+        llm,
+        user_id,
+        "open('secret.txt', 'w').write('alice only')",
+        executor="local",
+        session_id=sid,
+    )
+    assert r.status_code == 200, r.text
+    assert exec_server.get(f"/api/sessions/{sid}/files/secret.txt", user_id=user_id).content == b"alice only"
+    mallory = "mallory-" + user_id
+    r = run_code(
+        exec_server, llm, mallory, "print(open('secret.txt').read())", executor="local", session_id=sid
+    )
+    assert r.status_code == 200 and "alice only" not in outputs(r)[0]
+    assert exec_server.get(f"/api/sessions/{sid}/files/secret.txt", user_id=mallory).status_code == 404
+    assert exec_server.post("/api/cleardb", {"user_id": user_id, "session_id": sid}).status_code == 200
+    r = run_code(
+        exec_server,
+        llm,
+        user_id,
+        "import os; print(sorted(os.listdir('.')))",
+        executor="local",
+        session_id=sid,
+    )
+    assert r.status_code == 200 and "secret.txt" not in outputs(r)[0]
+    assert exec_server.get(f"/api/sessions/{sid}/files/secret.txt", user_id=user_id).status_code == 404
+    work = Path(
+        json.loads((Path(exec_server.db_path).parent / "config.json").read_text())["code_execution"][
+            "work_root"
+        ]
+    )
+    assert not [p for p in work.rglob("secret.txt")], "the deleted session's file is still on disk"

@@ -13,7 +13,17 @@ from .local_executor import BwrapSandboxExecutor, UnsafeLocalExecutor
 from .orphans import sweep_orphans
 from .request import ExecutionRequest
 from .settings import ExecutionSettings
-from .workdir import FileInfo, open_session_file, resolve_session_file, session_dir_name, session_workdir
+from .workdir import (
+    FileInfo,
+    is_owner_dir_name,
+    open_session_file,
+    owner_dir_name,
+    remove_session_workdir,
+    resolve_session_file,
+    session_dir_name,
+    session_workdir,
+    work_root,
+)
 
 __all__ = [
     "BwrapSandboxExecutor",
@@ -25,10 +35,14 @@ __all__ = [
     "SandboxExecutor",
     "UnsafeLocalExecutor",
     "docker_available",
+    "is_owner_dir_name",
     "open_executor",
     "open_session_file",
+    "owner_dir_name",
+    "remove_session_workdir",
     "resolve_session_file",
     "session_dir_name",
     "session_workdir",
     "sweep_orphans",
+    "work_root",
 ]

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import re
+import shutil
 import stat
 from collections.abc import Generator
 from pathlib import Path
@@ -25,6 +26,9 @@ _SESSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 # Names of hashed session dirs start with '_', which no id used as is can: the two
 # kinds of names never collide.
 _HASHED_PREFIX = "_s-"
+# Each owner's sessions live in a dir of their own, named by a digest of the owner's id (user
+# ids are often email addresses; the disk need not show them).
+_OWNER_PREFIX = "_u-"
 # list_files stops after this many entries: a sandbox can create millions of files and
 # the listing is shown to a person, not used for accounting.
 MAX_LISTED_FILES = 10_000
@@ -55,26 +59,61 @@ def session_dir_name(session_id: str) -> str:
     return _HASHED_PREFIX + hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def owner_dir_name(owner: str) -> str:
+    """The directory of one owner's session work dirs."""
+    if not isinstance(owner, str) or not owner:
+        raise ValueError("invalid owner: it must be a non-empty string")
+    return _OWNER_PREFIX + hashlib.sha256(owner.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+
+
+def is_owner_dir_name(name: str) -> bool:
+    return name.startswith(_OWNER_PREFIX)
+
+
 def work_root(settings: ExecutionSettings) -> Path:
     """The absolute directory holding all session work dirs."""
     return Path(settings.work_root).expanduser().resolve()
 
 
-def session_workdir(settings: ExecutionSettings, session_id: str) -> Path:
-    """Create (if needed) and return the work dir of a session.
-
-    This is the directory sandboxes mount (at /workspace). Its parent, the work root,
-    is never visible to any sandbox, so no sandboxed code can swap the session dir
-    itself for a symlink. The root is 0755 and root-owned when the server is root.
-    """
+def _session_path(settings: ExecutionSettings, session_id: str, owner: str | None) -> Path:
+    """`<work root>/[<owner dir>/]<session dir>`: sessions of different owners may share an id."""
     root = work_root(settings)
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / session_dir_name(session_id)
+    parent = root / owner_dir_name(owner) if owner is not None else root
+    return parent / session_dir_name(session_id)
+
+
+def session_workdir(settings: ExecutionSettings, session_id: str, owner: str | None = None) -> Path:
+    """Create (if needed) and return the work dir of a session (of `owner`, when given).
+
+    This is the directory sandboxes mount (at /workspace). Its parents (the owner's dir and
+    the work root) are never visible to any sandbox, so no sandboxed code can swap the session
+    dir itself for a symlink. They are 0755 and root-owned when the server is root.
+    """
+    path = _session_path(settings, session_id, owner)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.parent.is_symlink():
+        raise ValueError(f"work dir for session {session_id!r} is not a directory")
     with contextlib.suppress(FileExistsError):
         path.mkdir(mode=0o755)
     if path.is_symlink() or not path.is_dir():
         raise ValueError(f"work dir for session {session_id!r} is not a directory")
     return path
+
+
+def remove_session_workdir(settings: ExecutionSettings, session_id: str, owner: str | None = None) -> bool:
+    """Delete a session's work dir and everything in it (its session is gone); links inside are
+    removed, never followed. True when there was one."""
+    try:
+        path = _session_path(settings, session_id, owner)
+    except ValueError:
+        return False
+    if path.is_symlink():
+        path.unlink()
+        return True
+    if not path.is_dir():
+        return False
+    shutil.rmtree(path)  # fd-based on Linux: safe against links swapped in while it runs
+    return True
 
 
 def sandbox_cwd(sub_dir: str | None) -> str:
@@ -227,17 +266,19 @@ def list_workdir_files(path: Path, sub_dir: str | None = None) -> list[FileInfo]
     return sorted(files, key=lambda f: f.name)
 
 
-def _session_dir_if_exists(settings: ExecutionSettings, session_id: str) -> Path | None:
+def _session_dir_if_exists(settings: ExecutionSettings, session_id: str, owner: str | None) -> Path | None:
     try:
-        path = work_root(settings) / session_dir_name(session_id)
+        path = _session_path(settings, session_id, owner)
     except ValueError:
         return None
-    if path.is_symlink() or not path.is_dir():
+    if path.is_symlink() or path.parent.is_symlink() or not path.is_dir():
         return None
     return path
 
 
-def resolve_session_file(settings: ExecutionSettings, session_id: str, rel_path: str) -> Path | None:
+def resolve_session_file(
+    settings: ExecutionSettings, session_id: str, rel_path: str, owner: str | None = None
+) -> Path | None:
     """The real path of a regular file inside a session's work dir, or None.
 
     None when the path is absolute, contains '..', resolves (through any symlink)
@@ -247,7 +288,7 @@ def resolve_session_file(settings: ExecutionSettings, session_id: str, rel_path:
     symlink between this check and the caller's open(); callers that serve file
     contents should prefer :func:`open_session_file`, which has no such window.
     """
-    base = _session_dir_if_exists(settings, session_id)
+    base = _session_dir_if_exists(settings, session_id, owner)
     if base is None:
         return None
     try:
@@ -263,7 +304,9 @@ def resolve_session_file(settings: ExecutionSettings, session_id: str, rel_path:
     return resolved
 
 
-def open_session_file(settings: ExecutionSettings, session_id: str, rel_path: str) -> BinaryIO | None:
+def open_session_file(
+    settings: ExecutionSettings, session_id: str, rel_path: str, owner: str | None = None
+) -> BinaryIO | None:
     """Open a regular file inside a session's work dir for reading, or return None.
 
     Walks the path one component at a time with O_NOFOLLOW relative to the previous
@@ -271,7 +314,7 @@ def open_session_file(settings: ExecutionSettings, session_id: str, rel_path: st
     walk runs. Symlinks that :func:`resolve_session_file` would accept (pointing
     inside the work dir) are refused here; that is the price of having no race.
     """
-    base = _session_dir_if_exists(settings, session_id)
+    base = _session_dir_if_exists(settings, session_id, owner)
     if base is None:
         return None
     try:

@@ -33,7 +33,7 @@ from ..schemas.chat import Message, Session
 from ..schemas.workflow import AgentConfig, AgentWorkFlowConfig, CodeExecutionObject, LLMConfig
 from ..settings import Settings
 from ..storage.repository import Conflict, Repository
-from .errors import BadRequest, DependencyUnavailable, LLMEndpointError, NotFound, RunFailed
+from .errors import BadRequest, DependencyUnavailable, LLMEndpointError, RunFailed
 from .executors import RunExecutors
 from .limits import UserLimits
 
@@ -172,13 +172,8 @@ class ChatService:
         if self._limits is not None:
             self._limits.check_new_run(message.user_id)
         session_id = message.session_id or str(uuid.uuid4())
+        # Session ids are the user's own: another user's session of the same id is another session.
         session = self.repo.get_session(message.user_id, session_id)
-        if session is None:
-            owner = self.repo.session_owner(session_id)
-            if owner is not None and owner != message.user_id:
-                raise NotFound(f"session {session_id} not found")  # someone else's looks absent
-            if owner is not None:  # the user's own, created just now by a concurrent request
-                session = self.repo.get_session(message.user_id, session_id)
         if flow is None:
             if session is None:
                 raise BadRequest("flow_config is required for a new session")
@@ -224,7 +219,9 @@ class ChatService:
         guard = self._limits.run_guard(user_id, run.run_id) if self._limits is not None else None
         recorder = UsageRecorder(self.settings.limits, on_call=on_call, guard=guard)
         transcript = Transcript(recorder, on_message=observer.on_message)
-        executors = RunExecutors(self.settings.code_execution, run.run_id, session_id, observer.on_event)
+        executors = RunExecutors(
+            self.settings.code_execution, run.run_id, session_id, observer.on_event, owner=user_id
+        )
         factory = AgentFactory(
             recorder, transcript, lambda config: self._resolve_llm(config, run.run_id), executors
         )

@@ -43,10 +43,12 @@ class RunExecutors:
         run_id: str,
         session_id: str,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        owner: str | None = None,
     ) -> None:
         self._settings = settings
         self._run_id = run_id
         self._session_id = session_id
+        self._owner = owner
         self._on_event = on_event
         self._lock = threading.Lock()  # guards _slots and _closed; never held while opening
         self._slots: dict[SandboxKey, _Slot] = {}
@@ -81,7 +83,7 @@ class RunExecutors:
             if slot.executor is None:
                 slot.executor = open_executor(
                     request,
-                    session_workdir(self._settings, self._session_id),
+                    session_workdir(self._settings, self._session_id, self._owner),
                     self._settings,
                     self._run_id,
                     observer=self._on_event,

@@ -370,7 +370,7 @@ class RunManager:
             ]
             calls = [LLMCall.from_row(r) for r in self._repo.llm_calls(run["run_id"])]
             usage = summarize(calls)
-            user_msg = self._repo.get_message(run["user_msg_id"])
+            user_msg = self._repo.get_message(run["user_id"], run["user_msg_id"])
             last = next((m["content"] for m in reversed(said) if m.get("content")), "")
             content = (last + "\n\n" if last else "") + INTERRUPTED_NOTE
             ended = datetime.now(UTC)

@@ -50,11 +50,26 @@ def alembic_config() -> Config:
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision; every revision keeps the rows it finds."""
+    """Bring the schema to the newest revision; every revision keeps the rows it finds.
+
+    On SQLite the migration's connection has foreign keys off: a revision that rebuilds a table
+    (the only way SQLite changes a constraint) drops the old copy, and with foreign keys on that
+    drop would cascade into the rows that point at it. Every foreign key is checked before the
+    migration commits, so a revision cannot leave a dangling reference behind."""
     cfg = alembic_config()
-    with engine.begin() as connection:
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, "head")
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as connection:
+        if sqlite:
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
+        with connection.begin():
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, "head")
+            if sqlite and (broken := connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()):
+                raise RuntimeError(f"migration left rows pointing nowhere: {broken[:5]}")
+        if sqlite:
+            connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            connection.commit()
 
 
 def make_session_factory(engine: Engine) -> sessionmaker:

@@ -46,9 +46,9 @@ class Repository(Store):
         try:
             with self._write() as db:
                 _ensure_session(db, user_id, session)
-        except IntegrityError as exc:  # another process created it between our look and insert
-            if self.session_owner(session.session_id) != user_id:
-                raise Conflict(f"session_id {session.session_id} is already in use") from exc
+        except IntegrityError:  # another request of the user created it between look and insert
+            if self.get_session(user_id, session.session_id) is None:
+                raise
 
     def get_sessions(self, user_id: str) -> list[Session]:
         with self._tx() as db:
@@ -64,9 +64,13 @@ class Repository(Store):
             )
             return None if row is None else _session(row)
 
-    def session_owner(self, session_id: str) -> str | None:
+    def session_keys(self) -> list[tuple[str, str]]:
+        """Every session's (user_id, session_id)."""
         with self._tx() as db:
-            return db.scalar(select(SessionRow.user_id).where(SessionRow.session_id == session_id))
+            return [
+                (r.user_id, r.session_id)
+                for r in db.execute(select(SessionRow.user_id, SessionRow.session_id))
+            ]
 
     def delete_user_sessions(self, user_id: str, session_id: str) -> bool:
         """Delete one session with its messages and runs; published gallery copies stay."""
@@ -76,11 +80,14 @@ class Repository(Store):
             )
             if row is None:
                 return False
-            run_ids = select(RunRow.run_id).where(RunRow.session_id == session_id)
+            mine = (RunRow.session_id == session_id) & (RunRow.user_id == user_id)
+            run_ids = select(RunRow.run_id).where(mine)
             db.execute(delete(LLMCallRow).where(LLMCallRow.run_id.in_(run_ids)))
             db.execute(delete(RunEventRow).where(RunEventRow.run_id.in_(run_ids)))
-            db.execute(delete(RunRow).where(RunRow.session_id == session_id))
-            db.execute(delete(MessageRow).where(MessageRow.session_id == session_id))
+            db.execute(delete(RunRow).where(mine))
+            db.execute(
+                delete(MessageRow).where(MessageRow.session_id == session_id, MessageRow.user_id == user_id)
+            )
             db.delete(row)
             return True
 
@@ -276,9 +283,11 @@ class Repository(Store):
                 "assistant_msg_id": run.assistant_msg_id,
             }
 
-    def get_message(self, msg_id: str) -> Message | None:
+    def get_message(self, user_id: str, msg_id: str) -> Message | None:
         with self._tx() as db:
-            row = db.scalar(select(MessageRow).where(MessageRow.msg_id == msg_id))
+            row = db.scalar(
+                select(MessageRow).where(MessageRow.user_id == user_id, MessageRow.msg_id == msg_id)
+            )
             return None if row is None else _message(row)
 
     # gallery ------------------------------------------------------------------------------------
@@ -324,11 +333,13 @@ class Repository(Store):
 
 
 def _ensure_session(db: OrmSession, user_id: str, session: Session) -> None:
-    """Add the session unless its owner has it already; another owner's id is a Conflict."""
-    owner = db.scalar(select(SessionRow.user_id).where(SessionRow.session_id == session.session_id))
-    if owner is not None and owner != user_id:
-        raise Conflict(f"session_id {session.session_id} is already in use")
-    if owner is None:
+    """Add the session unless its owner has it already (ids are per user)."""
+    found = db.scalar(
+        select(SessionRow.id).where(
+            SessionRow.user_id == user_id, SessionRow.session_id == session.session_id
+        )
+    )
+    if found is None:
         db.add(_session_row(session))
         db.flush()
 
@@ -336,7 +347,10 @@ def _ensure_session(db: OrmSession, user_id: str, session: Session) -> None:
 def _add_message(db: OrmSession, message: Message) -> None:
     if message.session_id is None:
         raise ValueError("a message is saved into a session")
-    if db.scalar(select(MessageRow.id).where(MessageRow.msg_id == message.msg_id)) is not None:
+    taken = select(MessageRow.id).where(
+        MessageRow.user_id == message.user_id, MessageRow.msg_id == message.msg_id
+    )
+    if db.scalar(taken) is not None:
         raise Conflict(f"msg_id {message.msg_id} is already in use")
     db.add(
         MessageRow(

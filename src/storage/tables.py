@@ -9,7 +9,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -39,10 +51,14 @@ class Base(DeclarativeBase):
 
 
 class SessionRow(Base):
+    """A chat. Its id is the user's own name for it: unique per user, not across users, so no
+    user can learn which ids others have or take a name away from them."""
+
     __tablename__ = "sessions"
+    __table_args__ = (UniqueConstraint("user_id", "session_id", name="uq_sessions_user_session"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    session_id: Mapped[str] = mapped_column(String(100), unique=True)
+    session_id: Mapped[str] = mapped_column(String(100))
     user_id: Mapped[str] = mapped_column(String(200), index=True)
     name: Mapped[str | None] = mapped_column(String(200))
     flow_config: Mapped[dict[str, Any]]
@@ -51,11 +67,20 @@ class SessionRow(Base):
 
 class MessageRow(Base):
     __tablename__ = "messages"
-    __table_args__ = (Index("ix_messages_session_created", "session_id", "id"),)
+    __table_args__ = (
+        Index("ix_messages_session_created", "session_id", "id"),
+        UniqueConstraint("user_id", "msg_id", name="uq_messages_user_msg"),
+        ForeignKeyConstraint(
+            ["user_id", "session_id"],
+            ["sessions.user_id", "sessions.session_id"],
+            name="fk_messages_session",
+            ondelete="CASCADE",
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    msg_id: Mapped[str] = mapped_column(String(100), unique=True)
-    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.session_id", ondelete="CASCADE"))
+    msg_id: Mapped[str] = mapped_column(String(100))
+    session_id: Mapped[str] = mapped_column(String(100))
     user_id: Mapped[str] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(20))
     content: Mapped[str] = mapped_column(Text)
@@ -69,10 +94,18 @@ class RunRow(Base):
     """One execution of a workflow for one user message; its usage is the sum of its llm_calls."""
 
     __tablename__ = "runs"
-    __table_args__ = (Index("ix_runs_user_status", "user_id", "status"),)
+    __table_args__ = (
+        Index("ix_runs_user_status", "user_id", "status"),
+        ForeignKeyConstraint(
+            ["user_id", "session_id"],
+            ["sessions.user_id", "sessions.session_id"],
+            name="fk_runs_session",
+            ondelete="CASCADE",
+        ),
+    )
 
     run_id: Mapped[str] = mapped_column(String(100), primary_key=True)
-    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.session_id", ondelete="CASCADE"), index=True)
+    session_id: Mapped[str] = mapped_column(String(100), index=True)
     user_id: Mapped[str] = mapped_column(String(200))
     user_msg_id: Mapped[str] = mapped_column(String(100))
     assistant_msg_id: Mapped[str | None] = mapped_column(String(100))
@@ -123,6 +156,9 @@ class GalleryRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     gallery_id: Mapped[str] = mapped_column(String(100), unique=True)
+    # Who published it (never shown: the copy names its publisher by `publisher`, a display name).
+    owner_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    publisher: Mapped[str | None] = mapped_column(String(200))
     session: Mapped[dict[str, Any]]
     messages: Mapped[list[Any]]
     tags: Mapped[list[Any]]
@@ -148,6 +184,8 @@ class UserRow(Base):
 
     user_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    # What the gallery shows for the user's publications (default: the id's part before any '@').
+    display_name: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=_now)
 
 
@@ -177,3 +215,18 @@ class WebSessionRow(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=_now)
     expires_at: Mapped[datetime]
+
+
+class CredentialRow(Base):
+    """A provider key a user stored once (`/api/credentials`), encrypted with the server's
+    secret (Fernet); a workflow's `config_list` entry refers to it by name."""
+
+    __tablename__ = "credentials"
+    __table_args__ = (UniqueConstraint("user_id", "name", name="uq_credentials_user_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(100))
+    base_url: Mapped[str | None] = mapped_column(String(1000))
+    secret: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=_now)

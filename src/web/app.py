@@ -58,11 +58,17 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         logging.getLogger("autobots").warning("marked %d unfinished run(s) as interrupted", interrupted)
     if docker_available(settings.code_execution):
         sweep_orphans(settings.code_execution)  # containers left by a previous server process
+    sessions_service = SessionService(repo, settings.code_execution)
+    moved, deleted = sessions_service.adopt_legacy_workdirs()
+    if moved or deleted:
+        logging.getLogger("autobots").info(
+            "work dirs now per user: moved %d, deleted %d of sessions that are gone", moved, deleted
+        )
     app.extensions["autobots"] = Services(
         settings=settings,
         repo=repo,
         chat=chat,
-        sessions=SessionService(repo, settings.code_execution),
+        sessions=sessions_service,
         runs=run_manager,
         identity=IdentityService(settings.auth, IdentityRepository.alongside(repo)),
         limits=user_limits,
