@@ -6,6 +6,7 @@ AUTOBOTS_REQUIRE_POSTGRES=1 where it provides one, and then a missing server fai
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -26,9 +27,9 @@ ADMIN_URL = os.environ.get(
 )
 
 
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    """A fresh database for this module, dropped afterwards."""
+@contextlib.contextmanager
+def fresh_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database of the test suite's own, dropped afterwards."""
     name = f"autobots_test_{uuid.uuid4().hex[:8]}"
     try:
         admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
@@ -38,10 +39,19 @@ def pg_url() -> Iterator[str]:
         if os.environ.get("AUTOBOTS_REQUIRE_POSTGRES") == "1":
             pytest.fail(f"AUTOBOTS_REQUIRE_POSTGRES=1 but PostgreSQL is not reachable: {exc}")
         pytest.skip(f"no PostgreSQL at {ADMIN_URL}")
-    yield ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        yield ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    """A fresh database for this module, dropped afterwards."""
+    with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +104,10 @@ def test_live_run_events_on_postgres(pg_server, llm, user_id):
     assert events[-1].data == {"status": "completed"}
     replay = list(read_events(f"{pg_server.url}/api/runs/{run['run_id']}/events", last_event_id=2))
     assert [e.id for e in replay] == [e.id for e in events][2:]
+
+
+def test_upgrading_to_per_user_ids_keeps_every_row_on_postgres(tmp_path, user_id):
+    from tests.test_storage import check_upgrade_from_0003
+
+    with fresh_database() as url:
+        check_upgrade_from_0003(url, tmp_path, user_id)

@@ -13,6 +13,7 @@ from autobots.storage.tables import Base
 from tests.conftest import SERVER_KEY
 from tests.support import workflows as wf
 from tests.support.server import start_server
+from tests.support.sse import read_events
 
 
 def test_migrations_describe_exactly_the_models(tmp_path):
@@ -159,3 +160,115 @@ def test_a_batch_with_rows_of_a_deleted_run_still_stores_the_other_runs_rows(tmp
     assert len(repo.llm_calls("run-keep")) == 1
     assert repo.events_after("run-drop", 0) == [] and repo.llm_calls("run-drop") == []
     assert repo.finish_run("run-drop", "cancelled", None) is False
+
+
+def fill_revision_0003(url: str, user_id: str) -> dict[str, int]:
+    """A database at revision 0003 (global session ids) with a session, its messages, a run with
+    events and an LLM call, a gallery item and an API key; returns the row counts."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from autobots.storage.database import alembic_config
+
+    engine = create_db_engine(url)
+    cfg = alembic_config()
+    with engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "0003")
+    flow = json.dumps(wf.autonomous(wf.assistant()))
+    session = json.dumps({"session_id": "old-s", "user_id": user_id, "flow_config": json.loads(flow)})
+    rows = [
+        (
+            "INSERT INTO sessions (session_id, user_id, flow_config, created_at) VALUES ('old-s', :u, :f, '2026-01-01')",
+            {"f": flow},
+        ),
+        (
+            "INSERT INTO messages (msg_id, session_id, user_id, role, content, created_at) VALUES ('m1', 'old-s', :u, 'user', 'q', '2026-01-01')",
+            {},
+        ),
+        (
+            "INSERT INTO messages (msg_id, session_id, user_id, role, content, created_at) VALUES ('m2', 'old-s', :u, 'assistant', 'a', '2026-01-01')",
+            {},
+        ),
+        (
+            "INSERT INTO runs (run_id, session_id, user_id, user_msg_id, assistant_msg_id, status, started_at, ended_at) VALUES ('r1', 'old-s', :u, 'm1', 'm2', 'completed', '2026-01-01', '2026-01-01')",
+            {},
+        ),
+        (
+            "INSERT INTO llm_calls (run_id, session_id, user_id, agent, model, prompt_tokens, completion_tokens, total_tokens, cost_usd, price_known, cached, latency_s, started_at) VALUES ('r1', 'old-s', :u, 'a', 'm', 3, 4, 7, '0.01', true, false, 0.1, '2026-01-01')",
+            {},
+        ),
+        (
+            "INSERT INTO gallery (gallery_id, session, messages, tags, created_at) VALUES ('g1', :s, '[]', '[]', '2026-01-01')",
+            {"s": session},
+        ),
+        ("INSERT INTO users (user_id, is_admin, created_at) VALUES (:u, false, '2026-01-01')", {}),
+        (
+            "INSERT INTO api_keys (key_id, user_id, digest, created_at) VALUES ('key_1', :u, 'd', '2026-01-01')",
+            {},
+        ),
+    ]
+    rows += [
+        (
+            f"INSERT INTO run_events (run_id, seq, type, data, created_at) VALUES ('r1', {i}, 'status', :d, '2026-01-01')",
+            {"d": json.dumps({"status": s})},
+        )
+        for i, s in enumerate(("queued", "running", "completed"), start=1)
+    ]
+    with engine.begin() as conn:
+        for sql, params in rows:
+            conn.execute(text(sql), {"u": user_id, **params})
+    engine.dispose()
+    return {
+        "sessions": 1,
+        "messages": 2,
+        "runs": 1,
+        "run_events": 3,
+        "llm_calls": 1,
+        "gallery": 1,
+        "api_keys": 1,
+    }
+
+
+def count_rows(url: str, tables: list[str]) -> dict[str, int]:
+    from sqlalchemy import text
+
+    engine = create_db_engine(url)
+    with engine.connect() as conn:
+        counts = {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in tables}
+    engine.dispose()
+    return counts
+
+
+def check_upgrade_from_0003(url: str, workdir, user_id: str) -> None:
+    expected = fill_revision_0003(url, user_id)
+    srv = start_server(workdir, env={"AUTOBOTS_DATABASE_URL": url})  # migrates to the newest revision
+    try:
+        msgs = srv.get("/api/messages", user_id=user_id, session_id="old-s").json()["data"]
+        assert [m["msg_id"] for m in msgs] == ["m1", "m2"]
+        assert srv.get("/api/runs/r1", user_id=user_id).json()["data"]["status"] == "completed"
+        events = [e.data["status"] for e in read_events(f"{srv.url}/api/runs/r1/events")]
+        assert events == ["queued", "running", "completed"]
+        # The same id is now free for another user, and theirs is another session.
+        other = "other-" + user_id
+        r = srv.post(
+            "/api/sessions",
+            {
+                "user_id": other,
+                "session": {
+                    "user_id": other,
+                    "session_id": "old-s",
+                    "flow_config": wf.autonomous(wf.assistant()),
+                },
+            },
+        )
+        assert r.status_code == 200, r.text
+        assert len(srv.get("/api/messages", user_id=user_id, session_id="old-s").json()["data"]) == 2
+    finally:
+        srv.stop()
+    counts = count_rows(url, list(expected))
+    assert counts == {**expected, "sessions": 2}
+
+
+def test_upgrading_to_per_user_ids_keeps_every_row_on_sqlite(tmp_path, user_id):
+    check_upgrade_from_0003(f"sqlite:///{tmp_path / 'database.sqlite'}", tmp_path, user_id)
