@@ -22,6 +22,7 @@ from typing import Any
 from autogen import Agent, ConversableAgent
 from autogen.events.client_events import StreamEvent
 
+from ..schemas.runs import EventKind
 from .transcript import Transcript
 
 # The agent deciding whether to ask a human now, with the messages and sender it decides on.
@@ -88,7 +89,7 @@ class RunIOStream:
         content = getattr(message.content, "content", None)  # AutoGen wraps the event
         if content:
             agent = self._transcript.speaker() if self._transcript is not None else None
-            self._on_event("token", {"agent": agent, "delta": str(content)})
+            self._on_event(EventKind.TOKEN, {"agent": agent, "delta": str(content)})
 
     def input(self, prompt: str = "", *, password: bool = False) -> str:
         answer = self._ask_human(prompt) if self._ask_human is not None else ""

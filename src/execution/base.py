@@ -27,6 +27,10 @@ from .output import OutputCollector, cap_text
 from .settings import SANDBOX_ENV
 from .workdir import FileInfo, list_workdir_files, run_subdir, sandbox_cwd
 
+# What an executor tells its observer, by these names (the app's event kinds use them as they are).
+EVENT_START = "code_execution_start"
+EVENT_RESULT = "code_execution_result"
+
 log = logging.getLogger(__name__)
 
 Observer = Callable[[str, dict], None]
@@ -211,7 +215,7 @@ class SandboxExecutor(ABC):
             log.exception("code execution observer failed on %s", event)
 
     def _execute_one(self, block: CodeBlock) -> tuple[int, str, str | None]:
-        self._notify("code_execution_start", {"language": block.language, "code": block.code})
+        self._notify(EVENT_START, {"language": block.language, "code": block.code})
         started = time.monotonic()
         prepared = prepare_block(
             block.language, block.code, *self._code_dirs(), via_stdin=self._code_via_stdin
@@ -245,7 +249,7 @@ class SandboxExecutor(ABC):
                 )
         duration = time.monotonic() - started
         self._notify(
-            "code_execution_result",
+            EVENT_RESULT,
             {
                 "exit_code": exit_code,
                 "output": text,

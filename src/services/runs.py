@@ -30,6 +30,7 @@ from typing import Any
 from ..agents.workflows import WorkflowOutcome
 from ..llm.usage import LLMCall, summarize
 from ..schemas.chat import Message
+from ..schemas.runs import TERMINAL, EventKind, RunStatus
 from ..schemas.workflow import AgentWorkFlowConfig
 from ..settings import RunSettings
 from ..storage.repository import Repository
@@ -39,7 +40,6 @@ from .event_writer import EventWriter
 
 log = logging.getLogger(__name__)
 
-TERMINAL = frozenset({"completed", "failed", "cancelled", "interrupted"})
 HEARTBEAT = None  # what `stream` yields when nothing happened for a while
 
 # Events reach listeners from memory before the writer stores them, so after a hard kill a client
@@ -56,7 +56,7 @@ class LiveRun:
     prepared: PreparedRun
     interactive: bool
     control: RunControl = field(default_factory=RunControl)
-    status: str = "queued"
+    status: str = RunStatus.QUEUED
     # The prompt a human is asked to answer now, its id, and the answer once given.
     input_prompt: str | None = None
     prompt_id: str | None = None
@@ -99,7 +99,7 @@ class RunManager:
         live = LiveRun(self._chat.prepare(message, flow), interactive)
         with self._lock:
             self._live[live.run_id] = live
-        self._emit(live, "status", {"status": "queued"})
+        self._emit(live, EventKind.STATUS, {"status": RunStatus.QUEUED})
         live.future = self._pool.submit(self._work, live)
         return live
 
@@ -123,15 +123,15 @@ class RunManager:
         try:
             if live.concluded:  # cancelled while queued
                 return
-            self._set_status(live, "running")
+            self._set_status(live, RunStatus.RUNNING)
             # The hard wall-time cap: limits are checked before every LLM call and code block,
             # but one call or block may hang past the cap; this ends the run then regardless.
             cap = threading.Timer(self._chat.settings.limits.max_run_seconds, self._time_cap, (live,))
             cap.daemon = True
             cap.start()
             observer = RunObserver(
-                on_message=lambda m: self._emit(live, "message", m.as_dict()),
-                on_call=lambda c: self._emit(live, "llm_call", _call_event(c)),
+                on_message=lambda m: self._emit(live, EventKind.MESSAGE, m.as_dict()),
+                on_call=lambda c: self._emit(live, EventKind.LLM_CALL, _call_event(c)),
                 on_event=lambda kind, data: self._emit(live, kind, data),
                 ask_human=lambda prompt: self._ask_human(live, prompt),
             )
@@ -166,7 +166,7 @@ class RunManager:
             with control.lock:
                 if not control.finished:
                     control.finished = True
-                    self._repo.finish_run(live.run_id, "failed", None, str(error))
+                    self._repo.finish_run(live.run_id, RunStatus.FAILED, None, str(error))
         except Exception:
             log.exception("could not store run %s as failed", live.run_id)
         if control.reply is not None:
@@ -182,14 +182,14 @@ class RunManager:
                 return False
             live.reply, live.error = reply, error
             if reply is not None:
-                status = (reply.metadata or {}).get("status", "completed")
-                self._append(live, "final", {"message": reply.model_dump(mode="json")})
+                status = (reply.metadata or {}).get("status", RunStatus.COMPLETED)
+                self._append(live, EventKind.FINAL, {"message": reply.model_dump(mode="json")})
             else:
-                status = "failed"
-                self._append(live, "error", {"message": str(error)})
+                status = RunStatus.FAILED
+                self._append(live, EventKind.ERROR, {"message": str(error)})
             live.status = status
             live.input_prompt = live.prompt_id = None
-            self._append(live, "status", {"status": status})
+            self._append(live, EventKind.STATUS, {"status": status})
             live.concluded = True
             return True
 
@@ -248,8 +248,8 @@ class RunManager:
                 )
             live.answer = text
             live.prompt_id = live.input_prompt = None
-            changed = self._change_status(live, "running")  # a second POST finds nothing to answer
-        self._store_status(live, "running", changed)
+            changed = self._change_status(live, RunStatus.RUNNING)  # a second POST finds nothing to answer
+        self._store_status(live, RunStatus.RUNNING, changed)
         return self.describe(user_id, run_id)
 
     def _ask_human(self, live: LiveRun, prompt: str) -> str:
@@ -263,13 +263,13 @@ class RunManager:
                 return ""
             prompt_id = uuid.uuid4().hex
             live.prompt_id, live.input_prompt, live.answer = prompt_id, prompt, None
-            asked = self._change_status(live, "awaiting_input")
+            asked = self._change_status(live, RunStatus.AWAITING_INPUT)
             self._append(
                 live,
-                "input_request",
+                EventKind.INPUT_REQUEST,
                 {"prompt": prompt, "agent": _asking_agent(prompt), "prompt_id": prompt_id},
             )
-        self._store_status(live, "awaiting_input", asked)
+        self._store_status(live, RunStatus.AWAITING_INPUT, asked)
         resumed = False
         with live.changed:
             while live.answer is None and not self._stopping(live):
@@ -281,9 +281,9 @@ class RunManager:
             if live.prompt_id == prompt_id:  # unanswered: this prompt expires now
                 live.prompt_id = live.input_prompt = None
                 if not self._stopping(live):
-                    self._append(live, "input_timeout", {"prompt_id": prompt_id})
-                    resumed = self._change_status(live, "running")
-        self._store_status(live, "running", resumed)
+                    self._append(live, EventKind.INPUT_TIMEOUT, {"prompt_id": prompt_id})
+                    resumed = self._change_status(live, RunStatus.RUNNING)
+        self._store_status(live, RunStatus.RUNNING, resumed)
         return answer or ""
 
     def _stopping(self, live: LiveRun) -> bool:
@@ -382,7 +382,7 @@ class RunManager:
                 root_msg_id=run["user_msg_id"],
                 metadata={
                     "run_id": run["run_id"],
-                    "status": "interrupted",
+                    "status": RunStatus.INTERRUPTED,
                     "usage": usage,
                     "timing": {
                         "start": run["started_at"].isoformat(),
@@ -395,12 +395,14 @@ class RunManager:
                 timestamp=ended,
             )
             self._repo.finish_run(
-                run["run_id"], "interrupted", usage, "the server restarted during the run", reply
+                run["run_id"], RunStatus.INTERRUPTED, usage, "the server restarted during the run", reply
             )
             # Past any id a listener may have seen but the database never got (see SEQ_SLACK).
             seq = self._repo.last_event_seq(run["run_id"]) + SEQ_SLACK
-            self._repo.add_event(run["run_id"], seq + 1, "final", {"message": reply.model_dump(mode="json")})
-            self._repo.add_event(run["run_id"], seq + 2, "status", {"status": "interrupted"})
+            self._repo.add_event(
+                run["run_id"], seq + 1, EventKind.FINAL, {"message": reply.model_dump(mode="json")}
+            )
+            self._repo.add_event(run["run_id"], seq + 2, EventKind.STATUS, {"status": RunStatus.INTERRUPTED})
             count += 1
         return count
 
@@ -427,7 +429,7 @@ class RunManager:
         note = "[autobots: the run was interrupted: the server stopped]"
         outcome = WorkflowOutcome((said[-1] + "\n\n" if said else "") + note)
         # Stored before the worker is stopped, so the worker's own finish finds it and keeps it.
-        reply = self._chat.finish(live.prepared, control, outcome, "interrupted")
+        reply = self._chat.finish(live.prepared, control, outcome, RunStatus.INTERRUPTED)
         control.cancel()
         self._conclude(live, reply=reply)
         with live.changed:
@@ -450,7 +452,7 @@ class RunManager:
         if live.concluded or live.status == status:
             return False
         live.status = status
-        self._append(live, "status", {"status": status})
+        self._append(live, EventKind.STATUS, {"status": status})
         return True
 
     def _store_status(self, live: LiveRun, status: str, changed: bool) -> None:

@@ -9,10 +9,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from ..schemas.runs import UNFINISHED
 from .store import Store
 from .tables import LLMCallRow, RunRow
-
-UNFINISHED = ("queued", "running", "awaiting_input")
 
 
 class AccountingRepository(Store):

@@ -1,12 +1,14 @@
 """Users, API keys and the chat page's sign-ins.
 
 Only digests of keys and sign-in tokens are stored (see `auth/keys.py`): a copy of the database
-gives nobody a working credential. A key's `last_used_at` is written at most once a minute, so
+gives nobody a working credential. A key is found by its digest (an indexed read) and the digest
+is then compared in constant time. A key's `last_used_at` is written at most once a minute, so
 signed-in traffic does not turn every request into a write.
 """
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -68,7 +70,7 @@ class IdentityRepository(Store):
                 .join(UserRow, UserRow.user_id == ApiKeyRow.user_id)
                 .where(ApiKeyRow.digest == digest, ApiKeyRow.revoked_at.is_(None))
             ).first()
-            if found is None:
+            if found is None or not hmac.compare_digest(found[0].digest, digest):
                 return None
             row, is_admin = found
             owner = KeyOwner(row.user_id, bool(is_admin), row.key_id)

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as OrmSession
 
 from ..schemas.chat import GalleryItem, Message, Session
+from ..schemas.runs import UNFINISHED
 from .store import Store
 from .tables import (
     GalleryRow,
@@ -26,8 +27,6 @@ from .tables import (
     RunRow,
     SessionRow,
 )
-
-UNFINISHED = ("queued", "running", "awaiting_input")
 
 
 class Conflict(Exception):

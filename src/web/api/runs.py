@@ -10,6 +10,7 @@ from flask_openapi3.types import ResponseDict
 from pydantic import BaseModel, Field
 
 from ...schemas.api import ErrorResponse, PostMessageRequest, RunInputRequest, RunQuery, RunResponse
+from ...schemas.runs import RunStatus
 from ...services.runs import HEARTBEAT
 from .. import sse
 from ..auth import run_owner
@@ -33,7 +34,7 @@ def start_run(body: PostMessageRequest) -> tuple[Response, int]:
         "run_id": live.run_id,
         "session_id": live.prepared.message.session_id,
         "user_msg_id": live.prepared.message.msg_id,
-        "status": "queued",
+        "status": RunStatus.QUEUED,
     }
     return envelope(True, "run started", data=data, code=202)
 
