@@ -462,3 +462,24 @@ def test_files_go_with_their_session_and_are_per_user(exec_server, llm, user_id)
         ]
     )
     assert not [p for p in work.rglob("secret.txt")], "the deleted session's file is still on disk"
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_code_written_with_terminate_in_the_same_message_still_runs(exec_server, llm, user_id, executor):
+    """Small models write the code and TERMINATE in one message; AutoGen would end the chat on it
+    with the code never run. The code runs first, and the chat ends after its output."""
+    llm.queue(code("print(sum(range(1, 101)))") + "\nTERMINATE", "The sum is 5050. TERMINATE")
+    body = {"message": wf.message(user_id, "sum 1..100"), "flow_config": coder_flow(executor)}
+    r = exec_server.post("/api/messages", body)
+    assert r.status_code == 200, r.text
+    out = outputs(r)
+    assert len(out) == 1 and out[0].startswith("exitcode: 0") and "5050" in out[0]
+    assert r.json()["message"].startswith("The sum is 5050.")
+    assert llm.counted()["calls"] == 2
+
+
+def test_terminate_without_code_still_ends_a_code_running_chat(exec_server, llm, user_id):
+    llm.queue("The answer is 4. TERMINATE")
+    body = {"message": wf.message(user_id, "2+2"), "flow_config": coder_flow("local")}
+    r = exec_server.post("/api/messages", body)
+    assert r.status_code == 200 and outputs(r) == [] and llm.counted()["calls"] == 1

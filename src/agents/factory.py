@@ -13,7 +13,9 @@ from typing import Any, TypeVar
 from autogen import AssistantAgent, ConversableAgent, GroupChat, GroupChatManager, UserProxyAgent
 from autogen import LLMConfig as AutogenLLMConfig
 from autogen.agentchat import Agent
+from autogen.code_utils import UNKNOWN, extract_code
 
+from ..execution.codeprep import LANGUAGES
 from ..llm.endpoints import NoUsableEndpoint, ResolvedLLMConfig
 from ..llm.usage import UsageRecorder, billed_to
 from ..schemas.workflow import AgentConfig, AgentFlowSpec, AgentType, LLMConfig
@@ -89,7 +91,9 @@ class AgentFactory:
             "llm_config": self.llm_config_for(spec),
             "human_input_mode": cfg.human_input_mode.value,
             "max_consecutive_auto_reply": cfg.max_consecutive_auto_reply,
-            "is_termination_msg": termination_check(cfg.is_termination_msg),
+            "is_termination_msg": termination_check(
+                cfg.is_termination_msg, runs_code=cfg.code_execution_config is not False
+            ),
             "code_execution_config": self._code_execution(cfg),
             "default_auto_reply": cfg.default_auto_reply,
         }
@@ -175,11 +179,24 @@ class AgentFactory:
         return agent
 
 
-def termination_check(keyword: str | None) -> Callable[[dict[str, Any]], bool]:
-    """A message ends the chat when its text ends with the keyword (default TERMINATE)."""
+def termination_check(keyword: str | None, runs_code: bool = False) -> Callable[[dict[str, Any]], bool]:
+    """A message ends the chat when its text ends with the keyword (default TERMINATE).
+
+    For an agent that runs code, a message that still holds a code block it can run never ends
+    the chat: AutoGen checks termination before it executes code, so "here is the code ...
+    TERMINATE" would end the chat with the code never run (small models write exactly that). The
+    code runs first; the reply to its output may then end the chat."""
     word = keyword or "TERMINATE"
 
     def is_termination(message: dict[str, Any]) -> bool:
-        return message_text(message).rstrip().rstrip(".!").endswith(word)
+        text = message_text(message)
+        if not text.rstrip().rstrip(".!").endswith(word):
+            return False
+        return not (runs_code and has_runnable_code(text))
 
     return is_termination
+
+
+def has_runnable_code(text: str) -> bool:
+    """Whether the text holds a fenced block in a language the sandboxes run."""
+    return any(lang.lower() in LANGUAGES for lang, _ in extract_code(text) if lang != UNKNOWN)
