@@ -5,5 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3.11}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+# Progress is shown: the first install compiles llama.cpp (about 5-6 minutes on 2 cores).
+echo "== installing the server's requirements into .venv (the first time takes minutes)"
+.venv/bin/python -m pip install --disable-pip-version-check -r requirements.txt
 exec .venv/bin/python -m autobots serve "$@"

@@ -40,8 +40,20 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    mode = settings.auth.mode.value
+    print(
+        f"autobots: the chat page will be at http://{_url_host(settings.host)}:{settings.port}/ "
+        f"(auth.mode {mode}; database {settings.database_url})",
+        flush=True,
+    )
     serve(settings)
     return 0
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 def _identity(config: str | None) -> IdentityService:
@@ -89,8 +101,11 @@ def _keys(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """Run one workflow here, printing each agent message as it is said, then cost and timing."""
+    from pydantic import ValidationError
+
     from .agents.transcript import InnerMessage
     from .schemas.chat import Message
+    from .schemas.validation import describe_validation
     from .schemas.workflow import AgentWorkFlowConfig
     from .services.chat import ChatService, RunObserver
     from .services.errors import BadRequest, RunFailed
@@ -103,7 +118,12 @@ def _run(args: argparse.Namespace) -> int:
         if not isinstance(raw, dict):
             raise ValueError("the file must hold a JSON object: a flow_config or a request body with one")
         flow = AgentWorkFlowConfig.model_validate(raw.get("flow_config", raw))
-    except (OSError, ValueError, RecursionError) as exc:  # JSON and pydantic errors are ValueErrors
+    except ValidationError as exc:  # as the page says it: the field and what is wrong with it
+        print(
+            f"error: {describe_validation(exc, f'cannot use workflow {args.workflow}')[0]}", file=sys.stderr
+        )
+        return 2
+    except (OSError, ValueError, RecursionError) as exc:  # not JSON, or not an object
         print(f"error: cannot use workflow {args.workflow}: {exc}", file=sys.stderr)
         return 2
     settings = load_settings(args.config)

@@ -90,8 +90,10 @@ class ClientSettings(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    server_url: str = "http://127.0.0.1:8081"
-    user_id: str = "guestuser@autobots.local"
+    # null: the scripts use this config's own `host` and `port`.
+    server_url: str | None = None
+    # The older name of `default_user_id` (read from here when that is not set).
+    user_id: str | None = None
 
 
 class CorsSettings(BaseModel):

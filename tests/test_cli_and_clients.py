@@ -63,7 +63,7 @@ def test_cli_run_rejects_a_bad_workflow_file(tmp_path, content):
         [sys.executable, "-m", "autobots", "run", str(bad), "hi"], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 2 and "cannot use workflow" in out.stderr
-    assert "Traceback" not in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("script", ["autoworkflow.py", "seqworkflow.py", "groupworkflow.py"])
@@ -147,3 +147,20 @@ def test_scripts_sign_in_with_an_api_key(token_server, llm):
     assert len(listed) == 1 and listed[0]["user_id"] == "scripter@example.com"
     refused = run_script("newsession.py", url=srv.url, user_id=None)
     assert refused.returncode == 1 and "error 401" in refused.stderr
+
+
+def test_cli_names_the_bad_field_as_the_page_does(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(
+        json.dumps({"type": "autonomous", "agents": [{"agent": {"type": "robot", "config": {"name": "x"}}}]})
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "autobots", "run", str(bad), "hi"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"error: cannot use workflow {bad}: agents.0.agent.type: Input should be")
+
+
+def test_serve_prints_the_chat_pages_url(server):
+    port = server.url.rsplit(":", 1)[1]
+    assert f"the chat page will be at http://127.0.0.1:{port}/" in server.log()

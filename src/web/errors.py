@@ -12,6 +12,7 @@ from flask_limiter.errors import RateLimitExceeded
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from ..schemas.validation import describe_validation
 from ..services.errors import (
     BadRequest,
     Forbidden,
@@ -29,17 +30,6 @@ def envelope(
     status: bool, message: str, data: Any = None, code: int = 200, **extra: Any
 ) -> tuple[Response, int]:
     return jsonify({"status": status, "message": message, "data": data, **extra}), code
-
-
-def describe_validation(exc: ValidationError) -> tuple[str, list[dict[str, str]]]:
-    """Name every bad field by its path in the body, the way a user would look for it."""
-    details = []
-    for err in exc.errors(include_url=False):
-        path = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
-        details.append({"field": path or "body", "message": err["msg"]})
-    first = details[0] if details else {"field": "body", "message": "invalid"}
-    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
-    return f"invalid request: {first['field']}: {first['message']}{more}", details
 
 
 def validation_error_response(exc: ValidationError) -> Response:
@@ -131,7 +121,12 @@ def register_error_handlers(app: Flask) -> None:
     def _http(exc: HTTPException) -> tuple[Response, int]:
         code = exc.code or 500
         message = "request body too large" if code == 413 else exc.description or exc.name
-        return envelope(False, message, code=code)
+        response, code = envelope(False, message, code=code)
+        # The exception's own headers stay: a 405's `Allow` (RFC 9110 requires it), for one.
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response, code
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> tuple[Response, int]:

@@ -29,10 +29,12 @@ def parser(description: str) -> argparse.ArgumentParser:
     config = _config()
     client = config.get("client", {})
     p = _Parser(description=description)
+    # The server's own host and port, unless client.server_url names another server.
+    own = f"http://{config.get('host') or '127.0.0.1'}:{config.get('port') or 8081}"
     p.add_argument(
         "--url",
-        default=os.environ.get("AUTOBOTS_URL") or client.get("server_url", "http://127.0.0.1:8081"),
-        help="server URL (env AUTOBOTS_URL)",
+        default=os.environ.get("AUTOBOTS_URL") or client.get("server_url") or own,
+        help="server URL (env AUTOBOTS_URL; default: config.json's client.server_url, else its host and port)",
     )
     p.add_argument(
         "--user-id",
