@@ -147,7 +147,6 @@ def test_another_users_resources_answer_like_missing_ones(team: Team, llm: Scrip
 
     missing = {
         "messages": bob("GET", f"/api/messages?session_id={sid}"),
-        "ask in session": ask(team, team.bob, "let me in", session_id=sid),
         "delete message": bob("POST", "/api/messages/delete", json={"msg_id": answer_id, "session_id": sid}),
         "publish": bob("POST", "/api/sessions/publish", json={"session": {"session_id": sid}}),
         "cleardb": bob("POST", "/api/cleardb", json={"session_id": sid}),
@@ -164,6 +163,14 @@ def test_another_users_resources_answer_like_missing_ones(team: Team, llm: Scrip
         run_id, "no-such-run"
     )
     assert sid not in str(bob("GET", "/api/sessions").json()["data"])
+    # Session ids are per user: Bob asking "in" Alice's session id gets a session of his own.
+    llm.queue("yours TERMINATE")
+    own = ask(team, team.bob, "let me in", session_id=sid)
+    assert own.status_code == 200 and own.json()["data"]["user_id"] == "bob@example.com"
+    assert [m["content"] for m in bob("GET", f"/api/messages?session_id={sid}").json()["data"]] == [
+        "let me in",
+        "yours",
+    ]
     # Alice's things are untouched by all of that, and the gallery is for everyone.
     messages = team.call("GET", f"/api/messages?session_id={sid}", team.alice).json()["data"]
     assert [m["msg_id"] for m in messages][-1] == answer_id
