@@ -19,13 +19,22 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
 from .auth.settings import AuthSettings
 from .execution.settings import ExecutionSettings
 from .llm.embedded.settings import EmbeddedSettings
+from .llm.outbound import check_prefix
 
 ENV_PREFIX = "AUTOBOTS_"
 # `AUTOBOTS_*` variables that are not settings: the config file's path, the client scripts'
@@ -73,6 +82,15 @@ class LLMSettings(BaseModel):
     # The model an agent without a config_list gets when the server has OPENAI_* credentials;
     # without them, the embedded model is the default.
     default_model: str = "gpt-4o-mini"
+    # Where a request's `base_url` (and a stored credential's) may point: URL prefixes. null is
+    # the default: the server's own endpoint, and local addresses in auth.mode none. The server's
+    # endpoint is always allowed (see llm/outbound.py).
+    allowed_base_urls: list[str] | None = Field(default=None, max_length=100)
+
+    @field_validator("allowed_base_urls")
+    @classmethod
+    def _prefixes(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [check_prefix(p) for p in value]
 
 
 class RunSettings(BaseModel):
@@ -131,6 +149,13 @@ class Settings(BaseSettings):
     # Server credentials come only from the environment and are never written anywhere.
     openai_api_key: SecretStr | None = Field(default=None, exclude=True)
     openai_base_url: str | None = None
+    # Encrypts the provider keys users store (`/api/credentials`). Unset: one is generated at the
+    # first start and kept in `<data_dir>/secret.key` (mode 0600). Processes that share a
+    # database must share it: set it (AUTOBOTS_SECRET_KEY) wherever more than one runs.
+    secret_key: SecretStr | None = Field(default=None, exclude=True, min_length=16)
+    # Where the server keeps its own files (the generated secret); default: the SQLite
+    # database's directory, else the working directory.
+    data_dir: str | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -2,7 +2,8 @@
 
 Each request gets new agents: AutoGen agents keep per-conversation state, and sharing them across
 requests would leak one user's chat into another's. Every agent built here checks the run's limits
-before each LLM call and reports each message it says to the run's transcript.
+before each LLM call, opens the call's time budget (`llm/budget.py`: all its tries within its
+timeout), and reports each message it says to the run's transcript.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from autogen.agentchat import Agent
 from autogen.code_utils import UNKNOWN, extract_code
 
 from ..execution.codeprep import LANGUAGES
+from ..llm import budget
 from ..llm.endpoints import NoUsableEndpoint, ResolvedLLMConfig
 from ..llm.usage import UsageRecorder, billed_to
 from ..schemas.workflow import AgentConfig, AgentFlowSpec, AgentType, LLMConfig
@@ -35,15 +37,25 @@ class WorkflowConfigError(ValueError):
 
 
 class BudgetedGroupChat(GroupChat):
-    """A GroupChat that checks the run's limits before each speaker selection (an LLM call)."""
+    """A GroupChat that checks the run's limits before each speaker selection (an LLM call) and
+    gives the selection the manager's call timeout as its budget."""
 
-    def __init__(self, *args: Any, recorder: UsageRecorder, manager_name: str, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        recorder: UsageRecorder,
+        manager_name: str,
+        call_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._recorder = recorder
         self._manager_name = manager_name
+        self._call_timeout = call_timeout
 
     def select_speaker(self, last_speaker: Agent, selector: ConversableAgent) -> Agent:
         self._recorder.check()
+        budget.start_call(self._call_timeout)
         with billed_to(self._manager_name):
             return super().select_speaker(last_speaker, selector)
 
@@ -143,6 +155,7 @@ class AgentFactory:
             select_speaker_auto_verbose=False,
             recorder=self.recorder,
             manager_name=cfg.name,
+            call_timeout=_timeout_of(llm_config),
         )
         manager = GroupChatManager(
             groupchat=groupchat,
@@ -167,16 +180,25 @@ class AgentFactory:
 
     def _wire(self, agent: _Agent) -> _Agent:
         recorder, transcript, name = self.recorder, self.transcript, agent.name
+        timeout = _timeout_of(agent.llm_config)
 
         def check_budget(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             recorder.check()
             transcript.set_speaker(name)
+            budget.start_call(timeout)
             return messages
 
         agent.register_hook("safeguard_llm_inputs", check_budget)
         answer_silence_as_never(agent)  # no human answer acts as NEVER mode (see iostream.py)
         self.transcript.attach(agent)
         return agent
+
+
+def _timeout_of(llm_config: Any) -> float | None:
+    """The `timeout` of an llm_config (ours a dict, AutoGen's an LLMConfig; False: none)."""
+    get = getattr(llm_config, "get", None) if llm_config else None
+    value = get("timeout") if callable(get) else None
+    return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
 def termination_check(keyword: str | None, runs_code: bool = False) -> Callable[[dict[str, Any]], bool]:

@@ -6,8 +6,15 @@ Rules, so that the server's key can never be sent somewhere a request chose:
   none at all (local OpenAI-compatible servers need none).
 - An entry with neither a usable key nor an endpoint is not usable; a config with no usable entry
   is answered by the embedded local model, and the answer's metadata says so.
-- The embedded model is reached on 127.0.0.1 with no proxy from the environment and no retries: a
-  retried call would queue a second generation behind the first on the CPU.
+- The embedded model is reached on 127.0.0.1 with no proxy from the environment.
+- No entry is retried by the SDK (`max_retries: 0`): a retry would spend the call's timeout again
+  (a hung endpoint cost three timeouts), and on the embedded model it would queue a second
+  generation behind the first. What each try may take is the call's budget (`budget.py`).
+- Whether a request's `base_url` may be called at all is `outbound.py`'s rule, checked when the
+  request is validated; the shared clients never follow a redirect, so an allowed endpoint cannot
+  send the call (and its key) on to another host.
+- A config entry that names a stored `credential` arrives here already resolved by the chat
+  service (its key in `api_key`, its endpoint in `base_url`).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import httpx
 
 from ..schemas.workflow import LLMConfig, ModelEndpoint
 from ..settings import Settings
-from . import embedded
+from . import budget, embedded
 from .pricing import Price, config_price
 
 # The OpenAI SDK insists on a key; local OpenAI-compatible servers ignore it.
@@ -48,8 +55,10 @@ def shared_http_client(local: bool = False) -> httpx.Client:
     Building an OpenAI client loads the system's CA certificates (about 70 ms); agents are built
     fresh for every request, so without sharing that cost would dominate short runs. Sharing also
     pools connections to the LLM endpoint. The client keeps no cookies: one user's endpoint must
-    not be able to set state that another user's requests carry. The local model's client ignores
-    proxy settings: httpx would send even 127.0.0.1 through `HTTP_PROXY`.
+    not be able to set state that another user's requests carry. It never follows a redirect: the
+    allowed endpoint is the one called. Its event hooks hold every request to its call's time
+    budget (`budget.py`). The local model's client ignores proxy settings: httpx would send even
+    127.0.0.1 through `HTTP_PROXY`.
     """
     with _client_lock:
         client = _clients.get(local)
@@ -59,6 +68,7 @@ def shared_http_client(local: bool = False) -> httpx.Client:
                 cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
                 follow_redirects=False,
                 trust_env=not local,
+                event_hooks=budget.event_hooks(),
             )
         return client
 
@@ -161,6 +171,8 @@ def _embedded_entry(
 
 
 def _resolve_entry(entry: ModelEndpoint, settings: Settings) -> dict[str, Any] | None:
+    if entry.credential is not None and entry.api_key is None:
+        raise NoUsableEndpoint(f"the stored credential '{entry.credential}' is not available here")
     server_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
     server_url = settings.openai_base_url
     base_url = entry.base_url or server_url
@@ -172,6 +184,7 @@ def _resolve_entry(entry: ModelEndpoint, settings: Settings) -> dict[str, Any] |
         "model": entry.model,
         "api_key": key or NO_KEY,
         "http_client": shared_http_client(),
+        "max_retries": 0,
     }
     if base_url:
         resolved["base_url"] = base_url

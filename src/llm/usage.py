@@ -209,6 +209,15 @@ class UsageRecorder:
     def elapsed_s(self) -> float:
         return time.monotonic() - self._started
 
+    @property
+    def remaining_s(self) -> float:
+        """The wall time the run has left under `limits.max_run_seconds` (none once cancelled or
+        out of time): no LLM request of the run may take longer (see `budget.py`)."""
+        with self._lock:
+            if self._cancelled or (self.limit_hit is not None and self.limit_hit.kind == "max_run_seconds"):
+                return 0.0
+        return self.limits.max_run_seconds - self.elapsed_s
+
     # recording ---------------------------------------------------------------------------------
 
     def add_prices(self, prices: dict[str, Price]) -> None:

@@ -7,10 +7,12 @@ validated here, before any agent is built, so that a bad config is a 400 and nev
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from enum import StrEnum
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 
 class WorkflowType(StrEnum):
@@ -53,17 +55,33 @@ class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore", use_enum_values=False)
 
 
+# A stored credential's name (`/api/credentials`), as a config entry refers to it.
+CREDENTIAL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
+
+
 class ModelEndpoint(_Lenient):
-    """One entry of `config_list`. `api_key: null` means "use the server's credentials"."""
+    """One entry of `config_list`. `api_key: null` means "use the server's credentials";
+    `credential` names a key the user stored (`/api/credentials`), resolved when the run starts.
+
+    Whether `base_url` may be called is the outbound rule's (`llm/outbound.py`), checked with the
+    user's request. A key written into the URL (`http://user:sk-...@host`) is cut out here, as the
+    URL is read, so that it is never stored or shown, wherever the config came from; the request
+    that sent one is refused (`had_userinfo`)."""
 
     model: str = Field(min_length=1, max_length=200)
     # Excluded from every dump: a key must never be stored, returned or published.
     api_key: str | None = Field(default=None, repr=False, exclude=True)
+    credential: str | None = Field(
+        default=None,
+        pattern=CREDENTIAL_NAME_PATTERN,
+        description="the name of a stored credential (POST /api/credentials): its key and endpoint",
+    )
     base_url: str | None = Field(default=None, max_length=2000)
     api_type: Literal["openai"] | None = None
     price: tuple[float, float] | None = Field(
         default=None, description="USD per 1k prompt and completion tokens, for models without a known price"
     )
+    _had_userinfo: bool = PrivateAttr(default=False)
 
     @field_validator("base_url")
     @classmethod
@@ -78,6 +96,35 @@ class ModelEndpoint(_Lenient):
         if value is not None and min(value) < 0:
             raise ValueError("prices must not be negative")
         return value
+
+    @model_validator(mode="after")
+    def _no_key_in_url(self) -> ModelEndpoint:
+        if self.credential is not None and self.api_key is not None:
+            raise ValueError(
+                "give either api_key or credential, not both: a credential brings its own stored key"
+            )
+        if self.base_url is not None:
+            stripped = without_userinfo(self.base_url)
+            if stripped != self.base_url:
+                self.base_url = stripped
+                self._had_userinfo = True
+        return self
+
+    @property
+    def had_userinfo(self) -> bool:
+        """The URL as sent carried `user:password@` (cut out since)."""
+        return self._had_userinfo
+
+
+def without_userinfo(url: str) -> str:
+    """`url` without any `user:password@` in its authority."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url.rsplit("@", 1)[-1] if "@" in url else url
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 class LLMConfig(_Lenient):
@@ -280,6 +327,26 @@ class AgentWorkFlowConfig(_Lenient):
         if isinstance(self.receiver, list):
             return list(self.receiver)
         return [self.receiver] if self.receiver is not None else []
+
+    def endpoints(self) -> Iterator[tuple[str, ModelEndpoint]]:
+        """Every `config_list` entry of every agent the config holds, with its path in the
+        request (`flow_config.agents[1].agent.config.llm_config.config_list[0]`), so that a
+        refused one can be named as the user wrote it."""
+        tops: list[tuple[str, AgentFlowSpec]] = [
+            (f"flow_config.agents[{i}].agent", a.agent) for i, a in enumerate(self.agents)
+        ]
+        if self.sender is not None:
+            tops.append(("flow_config.sender", self.sender))
+        if isinstance(self.receiver, list):
+            tops += [(f"flow_config.receiver[{i}]", r) for i, r in enumerate(self.receiver)]
+        elif self.receiver is not None:
+            tops.append(("flow_config.receiver", self.receiver))
+        while tops:
+            path, spec = tops.pop(0)
+            tops[:0] = [(f"{path}.agents[{i}]", member) for i, member in enumerate(spec.agents)]
+            if spec.config.llm_config:
+                for i, entry in enumerate(spec.config.llm_config.config_list):
+                    yield f"{path}.config.llm_config.config_list[{i}]", entry
 
 
 def _check_teams(spec: AgentFlowSpec) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from flask import current_app
 
 from ..services.chat import ChatService
+from ..services.credentials import CredentialService
 from ..services.identity import IdentityService
 from ..services.limits import UserLimits
 from ..services.runs import RunManager
@@ -24,6 +25,7 @@ class Services:
     runs: RunManager
     identity: IdentityService
     limits: UserLimits
+    credentials: CredentialService
 
 
 def services() -> Services:

@@ -81,6 +81,8 @@ class ScriptedLLM:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _in_flight: int = 0
     max_in_flight: int = 0
+    # Requests received (any path), counted as they arrive: a call still being answered counts.
+    arrived: int = 0
     _server: ThreadingHTTPServer | None = None
     # Bumped by reset(): calls that began before it (a cancelled run's abandoned call, still
     # being answered) are not counted in the next scenario.
@@ -99,6 +101,7 @@ class ScriptedLLM:
             self.responder = None
             self.max_in_flight = 0
             self._in_flight = 0
+            self.arrived = 0
             self.generation += 1
 
     def _next_reply(self, body: dict[str, Any]) -> Reply:
@@ -144,6 +147,8 @@ class ScriptedLLM:
                 return None
 
             def do_POST(self) -> None:
+                with llm._lock:
+                    llm.arrived += 1
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 if not self.path.rstrip("/").endswith("/chat/completions"):
