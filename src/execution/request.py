@@ -19,6 +19,10 @@ _IMAGE_RE = re.compile(
 )
 
 
+# The longest file or directory name Linux file systems take (a longer one is ENAMETOOLONG).
+NAME_MAX = 255
+
+
 def check_relative_subpath(value: str) -> str:
     """Return ``value`` normalised if it is a plain relative path, else raise ValueError.
 
@@ -36,6 +40,10 @@ def check_relative_subpath(value: str) -> str:
         raise ValueError(f"path {value!r} names no sub directory")
     if any(p == ".." for p in parts):
         raise ValueError(f"path {value!r} must not contain '..'")
+    if any(len(p.encode("utf-8", "surrogatepass")) > NAME_MAX for p in parts):
+        raise ValueError(
+            f"path {value!r} has a name longer than {NAME_MAX} bytes, which no file system takes"
+        )
     return "/".join(parts)
 
 

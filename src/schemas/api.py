@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 
 from .chat import GalleryItem, Message, Session
+from .pagination import PageQuery
 from .workflow import AgentWorkFlowConfig
 
 T = TypeVar("T")
@@ -27,6 +28,15 @@ class Envelope(BaseModel, Generic[T]):
     status: bool
     message: str
     data: T | None = None
+
+
+class PagedEnvelope(Envelope[list[T]], Generic[T]):
+    """A list endpoint's answer: one page in `data` (a list, as the old clients expect), and
+    where the next page starts (see `schemas/pagination.py`)."""
+
+    next_cursor: str | None = Field(
+        default=None, description="send it as `cursor` to get the next page; null on the last page"
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -54,7 +64,10 @@ class PostMessageResponse(Envelope[Message]):
     metadata: Message | None = None
 
 
-class MessagesQuery(_Body):
+class MessagesQuery(PageQuery):
+    """The first page is the session's newest `limit` messages, oldest first; `next_cursor` leads
+    to the ones before them."""
+
     user_id: str | None = UserId
     session_id: str = SessionId
 
@@ -65,7 +78,7 @@ class DeleteMessageRequest(_Body):
     session_id: str | None = Field(default=None, max_length=100)
 
 
-class SessionsQuery(_Body):
+class SessionsQuery(PageQuery):
     user_id: str | None = UserId
 
 
@@ -102,9 +115,27 @@ class PublishRequest(_Body):
         return cleaned
 
 
-class GalleryQuery(_Body):
-    gallery_id: str | None = Field(default=None, max_length=100)
+class GalleryQuery(PageQuery):
+    # The old clients' way to read one item; GET /api/gallery/{gallery_id} is the documented one.
+    gallery_id: str | None = Field(
+        default=None,
+        max_length=100,
+        deprecated=True,
+        description="answers with that one item (not a list): use GET /api/gallery/{gallery_id}",
+    )
     tag: str | None = Field(default=None, max_length=100)
+
+
+class GalleryPath(BaseModel):
+    gallery_id: str = Field(min_length=1, max_length=100)
+
+
+class UnpublishQuery(_Body):
+    user_id: str | None = UserId
+
+
+class Unpublished(BaseModel):
+    id: str
 
 
 class ClearDbRequest(_Body):
@@ -115,6 +146,11 @@ class ClearDbRequest(_Body):
 class RunQuery(_Body):
     # Without sign-in, naming the user is optional here: a run's id is what finds it.
     user_id: str | None = UserId
+
+
+class EventsQuery(RunQuery):
+    # Where to resume, as the `Last-Event-ID` header says it (the header wins when both are sent).
+    last_event_id: int | None = Field(default=None, ge=0, le=2**63 - 1)
 
 
 class RunInputRequest(_Body):
@@ -147,19 +183,34 @@ class Health(BaseModel):
     version: str
 
 
-class MessagesResponse(Envelope[list[Message]]):
+class MessagesResponse(PagedEnvelope[Message]):
     pass
 
 
-class SessionsResponse(Envelope[list[Session]]):
+class SessionsResponse(PagedEnvelope[Session]):
     pass
 
 
-class GalleryResponse(Envelope[list[GalleryItem]]):
+class ClearedSessions(BaseModel):
+    """What `/api/cleardb` answers in `data`, as the original did: the first page of the user's
+    sessions left (`next_cursor` beside `data` leads on)."""
+
+    sessions: list[Session]
+
+
+class ClearDbResponse(Envelope[ClearedSessions]):
+    next_cursor: str | None = None
+
+
+class GalleryResponse(PagedEnvelope[GalleryItem]):
     pass
 
 
 class GalleryItemResponse(Envelope[GalleryItem]):
+    pass
+
+
+class UnpublishedResponse(Envelope[Unpublished]):
     pass
 
 
@@ -169,3 +220,7 @@ class HealthResponse(Envelope[Health]):
 
 class ErrorResponse(Envelope[dict[str, Any]]):
     pass
+
+
+class GalleryListOrItemResponse(RootModel[GalleryResponse | GalleryItemResponse]):
+    """`GET /api/gallery`: the list, or, with the old clients' `gallery_id`, that one item."""

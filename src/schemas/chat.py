@@ -60,14 +60,61 @@ class Session(_Model):
     timestamp: datetime = Field(default_factory=utcnow)
 
 
+class PublishedSession(_Model):
+    """The session as the gallery shows it: `user_id` is the publisher's name, and `flow_config`
+    is the workflow as it was stored, with no key or credential reference left in it."""
+
+    session_id: IdStr
+    user_id: str
+    name: str | None = None
+    flow_config: dict[str, Any]
+    timestamp: datetime
+
+
 class GalleryItem(_Model):
-    """A published session: a frozen copy of the session and its messages, with tags."""
+    """A published session: a frozen copy of the session and its messages, with tags.
+
+    The copy is public (the gallery needs no sign-in), so it names its publisher by `publisher`,
+    a display name, and never by the user's id (often an email): see `public_copy`."""
 
     id: IdStr = Field(default_factory=new_id)
-    session: Session
+    publisher: str | None = None
+    session: PublishedSession
     messages: list[Message]
     tags: list[str] = Field(default_factory=list)
     timestamp: datetime = Field(default_factory=utcnow)
+
+
+# Never in a published copy, wherever they appear: a provider key, or the name of a stored one.
+SECRET_FIELDS = frozenset({"api_key", "credential"})
+
+
+def publisher_name(user_id: str, display_name: str | None) -> str:
+    """What the gallery calls a publisher: their display name, else their id's part before any '@'."""
+    if display_name and display_name.strip():
+        return display_name.strip()
+    return user_id.split("@", 1)[0] or "anonymous"
+
+
+def public_copy(value: Any, owner: str, publisher: str) -> Any:
+    """`value` (JSON data) as it may be published: every `api_key` and `credential` field dropped,
+    and the owner's id replaced by the publisher's name wherever it occurs. An id with an '@' (an
+    email) is replaced inside longer strings too; a plain id only where it is the whole string,
+    as a short one ("al") would otherwise change ordinary words."""
+    if isinstance(value, dict):
+        return {
+            k: public_copy(v, owner, publisher)
+            for k, v in value.items()
+            if not (isinstance(k, str) and k.lower() in SECRET_FIELDS)
+        }
+    if isinstance(value, list):
+        return [public_copy(v, owner, publisher) for v in value]
+    if isinstance(value, str):
+        if value == owner:
+            return publisher
+        if "@" in owner and owner in value:
+            return value.replace(owner, publisher)
+    return value
 
 
 # The original project's name for a gallery item.

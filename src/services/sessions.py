@@ -5,12 +5,19 @@ is answered exactly like an id that does not exist, so ids cannot be probed. Ses
 user: two users may both have a session "s1", each their own. A session's work dir (the files its
 code wrote) is per user and session too, and goes when the session goes: a later session of the
 same id starts empty.
+
+Every list is paged (`services/pagination.py`): sessions and the gallery newest first; a
+session's messages oldest first within a page, and the first page is the newest ones, so a
+client that ignores the cursor sees how the conversation stands now, in order, and the cursor
+leads back to the messages before. Anyone may read the gallery; only its publisher can take an
+item down, and someone else's item answers as if it did not exist.
 """
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Sequence
+from datetime import datetime
 from typing import BinaryIO
 
 from ..execution import (
@@ -23,8 +30,14 @@ from ..execution import (
     work_root,
 )
 from ..schemas.chat import GalleryItem, Message, Session
+from ..schemas.pagination import DEFAULT_LIMIT
 from ..storage.repository import Conflict, Repository
 from .errors import BadRequest, NotFound
+from .pagination import Listing, listing, start_after
+
+# The lists' names in their cursors, and the types of their sort keys.
+SESSIONS, MESSAGES, GALLERY = "sessions", "messages", "gallery"
+ROW_ID: tuple[type, ...] = (int,)
 
 
 class SessionService:
@@ -38,27 +51,42 @@ class SessionService:
             raise NotFound(f"session {session_id} not found")
         return session
 
-    def list_sessions(self, user_id: str) -> list[Session]:
-        return self.repo.get_sessions(user_id)
+    def list_sessions(
+        self, user_id: str, limit: int = DEFAULT_LIMIT, cursor: str | None = None
+    ) -> Listing[Session]:
+        """The user's sessions, newest first, one page."""
+        before = start_after(SESSIONS, cursor, ROW_ID)
+        page = self.repo.sessions_page(user_id, limit, None if before is None else int(before[0]))
+        return listing(SESSIONS, page)
 
-    def create_session(self, user_id: str, session: Session) -> list[Session]:
+    def create_session(self, user_id: str, session: Session) -> Listing[Session]:
+        """Create the session; returns the first page of the user's sessions (the old clients
+        expect the list)."""
         if session.user_id != user_id:
             raise BadRequest("session.user_id must match user_id")
         try:
             self.repo.create_session(user_id, session)
         except Conflict as exc:
             raise BadRequest(str(exc)) from exc
-        return self.repo.get_sessions(user_id)
+        return self.list_sessions(user_id)
 
-    def messages(self, user_id: str, session_id: str) -> list[Message]:
+    def messages(
+        self, user_id: str, session_id: str, limit: int = DEFAULT_LIMIT, cursor: str | None = None
+    ) -> Listing[Message]:
+        """One page of the session's messages, oldest first; the first page is the newest ones."""
+        before = start_after(MESSAGES, cursor, ROW_ID)
         self._own(user_id, session_id)
-        return self.repo.load_messages(user_id, session_id)
+        page = self.repo.messages_page(user_id, session_id, limit, None if before is None else int(before[0]))
+        return listing(MESSAGES, page)
 
-    def delete_message(self, user_id: str, msg_id: str, session_id: str | None) -> list[Message]:
-        """Delete one message; returns what remains of its session (the old clients expect it)."""
+    def delete_message(self, user_id: str, msg_id: str, session_id: str | None) -> Listing[Message]:
+        """Delete one message; returns the first page of what remains of its session (the old
+        clients expect it)."""
         if not self.repo.delete_message(user_id, msg_id, session_id):
             raise NotFound(f"message {msg_id} not found")
-        return self.repo.load_messages(user_id, session_id) if session_id else []
+        if session_id is None:
+            return Listing([])
+        return listing(MESSAGES, self.repo.messages_page(user_id, session_id, DEFAULT_LIMIT))
 
     def clear_session(self, user_id: str, session_id: str) -> None:
         """Delete the session with its messages, runs and files (published copies stay)."""
@@ -108,8 +136,26 @@ class SessionService:
                 moved += 1
         return moved, deleted
 
-    def gallery(self, gallery_id: str | None, tag: str | None) -> list[GalleryItem]:
-        items = self.repo.get_gallery(gallery_id, tag)
-        if gallery_id is not None and not items:
+    def gallery(
+        self, tag: str | None, limit: int = DEFAULT_LIMIT, cursor: str | None = None
+    ) -> Listing[GalleryItem]:
+        """Published items (optionally with `tag`), newest first, one page."""
+        key = start_after(GALLERY, cursor, (str, int))
+        before = None
+        if key is not None:
+            try:
+                before = (datetime.fromisoformat(str(key[0])), int(key[1]))
+            except ValueError as exc:
+                raise BadRequest("invalid request: cursor: not a cursor of this list (gallery)") from exc
+        return listing(GALLERY, self.repo.gallery_page(tag, limit, before))
+
+    def gallery_item(self, gallery_id: str) -> GalleryItem:
+        item = self.repo.gallery_item(gallery_id)
+        if item is None:
             raise NotFound(f"gallery item {gallery_id} not found")
-        return items
+        return item
+
+    def unpublish(self, user_id: str, gallery_id: str) -> None:
+        """Take the user's own published item down; anyone else's answers as a missing one."""
+        if not self.repo.unpublish(user_id, gallery_id):
+            raise NotFound(f"gallery item {gallery_id} not found")

@@ -11,11 +11,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, insert, select, text
+from sqlalchemy import CursorResult, and_, delete, insert, or_, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as OrmSession
 
-from ..schemas.chat import GalleryItem, Message, Session
+from ..schemas.chat import GalleryItem, Message, PublishedSession, Session, public_copy, publisher_name
+from ..schemas.pagination import Page
 from ..schemas.runs import UNFINISHED
 from .store import Store
 from .tables import (
@@ -26,6 +27,7 @@ from .tables import (
     RunEventRow,
     RunRow,
     SessionRow,
+    UserRow,
 )
 
 
@@ -55,6 +57,16 @@ class Repository(Store):
                 select(SessionRow).where(SessionRow.user_id == user_id).order_by(SessionRow.id.desc())
             )
             return [_session(r) for r in rows]
+
+    def sessions_page(self, user_id: str, limit: int, before: int | None = None) -> Page[Session]:
+        """The user's sessions, newest first: `limit` of them, from the row after `before`."""
+        with self._tx() as db:
+            query = select(SessionRow).where(SessionRow.user_id == user_id)
+            if before is not None:
+                query = query.where(SessionRow.id < before)
+            rows = list(db.scalars(query.order_by(SessionRow.id.desc()).limit(limit + 1)))
+            more, rows = len(rows) > limit, rows[:limit]
+            return Page([_session(r) for r in rows], (rows[-1].id,) if more else None)
 
     def get_session(self, user_id: str, session_id: str) -> Session | None:
         with self._tx() as db:
@@ -100,6 +112,26 @@ class Repository(Store):
                 .order_by(MessageRow.id)
             )
             return [_message(r) for r in rows]
+
+    def messages_page(
+        self, user_id: str, session_id: str, limit: int, before: int | None = None
+    ) -> Page[Message]:
+        """A window of a session: the newest `limit` messages older than the row `before` (all of
+        them from the newest when None), oldest first; `next_key` leads to the ones before it."""
+        with self._tx() as db:
+            rows = list(db.scalars(_newest_messages(user_id, session_id, limit + 1, before)))
+            more, rows = len(rows) > limit, rows[:limit]
+            rows.reverse()
+            return Page([_message(r) for r in rows], (rows[0].id,) if more else None)
+
+    def last_messages(self, user_id: str, session_id: str, n: int) -> list[Message]:
+        """The session's newest `n` messages, oldest first: a run's history, in one indexed read
+        that costs the same in a session of 5,000 messages as in one of 5."""
+        if n <= 0:
+            return []
+        with self._tx() as db:
+            rows = list(db.scalars(_newest_messages(user_id, session_id, n)))
+            return [_message(r) for r in reversed(rows)]
 
     def save_message(self, message: Message) -> Message:
         with self._write() as db:
@@ -292,15 +324,34 @@ class Repository(Store):
     # gallery ------------------------------------------------------------------------------------
 
     def publish_session(self, session: Session, tags: Sequence[str] = ()) -> GalleryItem:
-        """Freeze a copy of the session and its messages; later changes to the session don't show."""
-        messages = self.load_messages(session.user_id, session.session_id)
-        item = GalleryItem(session=session, messages=messages, tags=sorted(set(tags)))
+        """Freeze a public copy of the session and its messages; later changes to the session
+        don't show. The copy names the publisher by display name (`publisher_name`), never by
+        user id, and holds no key or credential reference (`public_copy`)."""
+        owner = session.user_id
         with self._write() as db:
+            display = db.scalar(select(UserRow.display_name).where(UserRow.user_id == owner))
+            publisher = publisher_name(owner, display)
+            rows = db.scalars(
+                select(MessageRow)
+                .where(MessageRow.session_id == session.session_id, MessageRow.user_id == owner)
+                .order_by(MessageRow.id)
+            )
+            messages = [public_copy(_message(r).model_dump(mode="json"), owner, publisher) for r in rows]
+            item = GalleryItem(
+                publisher=publisher,
+                session=PublishedSession.model_validate(
+                    public_copy(session.model_dump(mode="json"), owner, publisher)
+                ),
+                messages=[Message.model_validate(m) for m in messages],
+                tags=sorted(set(tags)),
+            )
             db.add(
                 GalleryRow(
                     gallery_id=item.id,
+                    owner_id=owner,
+                    publisher=publisher,
                     session=item.session.model_dump(mode="json"),
-                    messages=[m.model_dump(mode="json") for m in item.messages],
+                    messages=messages,
                     tags=item.tags,
                     created_at=item.timestamp,
                 )
@@ -309,26 +360,77 @@ class Repository(Store):
             db.add_all(GalleryTagRow(gallery_id=item.id, tag=t) for t in item.tags)
         return item
 
-    def get_gallery(self, gallery_id: str | None = None, tag: str | None = None) -> list[GalleryItem]:
-        """One item by id, or all items (optionally with a tag), newest first."""
+    def gallery_page(
+        self, tag: str | None, limit: int, before: tuple[datetime, int] | None = None
+    ) -> Page[GalleryItem]:
+        """Published items (optionally those with `tag`), newest first: `limit` of them, from the
+        one after `before` (its publication time and row id)."""
         with self._tx() as db:
-            query = select(GalleryRow).order_by(GalleryRow.created_at.desc(), GalleryRow.id.desc())
-            if gallery_id is not None:
-                query = query.where(GalleryRow.gallery_id == gallery_id)
+            query = select(GalleryRow)
             if tag is not None:
                 query = query.join(GalleryTagRow, GalleryTagRow.gallery_id == GalleryRow.gallery_id).where(
                     GalleryTagRow.tag == tag
                 )
-            return [
-                GalleryItem(
-                    id=r.gallery_id,
-                    session=Session.model_validate(r.session),
-                    messages=[Message.model_validate(m) for m in r.messages],
-                    tags=list(r.tags),
-                    timestamp=r.created_at,
+            if before is not None:
+                at, row_id = before
+                query = query.where(
+                    or_(
+                        GalleryRow.created_at < at,
+                        and_(GalleryRow.created_at == at, GalleryRow.id < row_id),
+                    )
                 )
-                for r in db.scalars(query)
-            ]
+            query = query.order_by(GalleryRow.created_at.desc(), GalleryRow.id.desc()).limit(limit + 1)
+            rows = list(db.scalars(query))
+            more, rows = len(rows) > limit, rows[:limit]
+            last = rows[-1] if more else None
+            key = None if last is None else (last.created_at.isoformat(), last.id)
+            return Page([_gallery_item(r) for r in rows], key)
+
+    def gallery_item(self, gallery_id: str) -> GalleryItem | None:
+        with self._tx() as db:
+            row = db.scalar(select(GalleryRow).where(GalleryRow.gallery_id == gallery_id))
+            return None if row is None else _gallery_item(row)
+
+    def unpublish(self, owner_id: str, gallery_id: str) -> bool:
+        """Remove the owner's published item (with its tags); False when they have none of that id."""
+        with self._write() as db:
+            row = db.scalar(
+                select(GalleryRow).where(GalleryRow.gallery_id == gallery_id, GalleryRow.owner_id == owner_id)
+            )
+            if row is None:
+                return False
+            db.execute(delete(GalleryTagRow).where(GalleryTagRow.gallery_id == gallery_id))
+            db.delete(row)
+            return True
+
+
+def _newest_messages(user_id: str, session_id: str, n: int, before: int | None = None) -> Any:
+    query = select(MessageRow).where(MessageRow.session_id == session_id, MessageRow.user_id == user_id)
+    if before is not None:
+        query = query.where(MessageRow.id < before)
+    return query.order_by(MessageRow.id.desc()).limit(n)
+
+
+def _gallery_item(row: GalleryRow) -> GalleryItem:
+    session: Any = row.session
+    messages: Any = row.messages
+    publisher = row.publisher
+    if publisher is None:  # published before copies were made public (migration 0004): make it so now
+        owner = row.owner_id or str(session.get("user_id") or "")
+        publisher = publisher_name(owner, None)
+        if owner:
+            session, messages = (
+                public_copy(session, owner, publisher),
+                public_copy(messages, owner, publisher),
+            )
+    return GalleryItem(
+        id=row.gallery_id,
+        publisher=publisher,
+        session=PublishedSession.model_validate(session),
+        messages=[Message.model_validate(m) for m in messages],
+        tags=list(row.tags),
+        timestamp=row.created_at,
+    )
 
 
 def _ensure_session(db: OrmSession, user_id: str, session: Session) -> None:

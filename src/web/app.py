@@ -12,6 +12,7 @@ from flask_openapi3 import Info, OpenAPI
 from .. import __version__
 from ..execution import docker_available, sweep_orphans
 from ..services.chat import ChatService
+from ..services.credentials import credential_service
 from ..services.event_writer import EventWriter
 from ..services.identity import IdentityService
 from ..services.limits import UserLimits
@@ -22,8 +23,8 @@ from ..storage.accounting import AccountingRepository
 from ..storage.database import create_db_engine, make_session_factory, migrate
 from ..storage.identity import IdentityRepository
 from ..storage.repository import Repository
-from . import limits, pages, security
-from .api import auth, files, gallery, health, messages, runs, sessions
+from . import apidoc, limits, pages, security
+from .api import auth, credentials, files, gallery, health, messages, runs, sessions
 from .auth import load_principal
 from .context import Services
 from .errors import register_error_handlers, validation_error_response
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app = OpenAPI(
         __name__,
         info=Info(title="autobots", version=__version__),
+        security_schemes=apidoc.SECURITY_SCHEMES,
         validation_error_status=400,
         validation_error_callback=validation_error_response,
         doc_ui=False,
@@ -51,7 +53,11 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     writer = EventWriter(repo)
     atexit.register(writer.close)  # a graceful stop stores the last events
     user_limits = UserLimits(settings.limits.per_user, AccountingRepository.alongside(repo))
-    chat = ChatService(settings, repo, call_store=writer.put_call, limits=user_limits)
+    # The server's secret is read (or made) here, at start: stored provider keys need it.
+    credentials_service = credential_service(settings, repo)
+    chat = ChatService(
+        settings, repo, call_store=writer.put_call, limits=user_limits, credentials=credentials_service
+    )
     run_manager = RunManager(chat, repo, settings.runs, writer)
     interrupted = run_manager.recover()
     if interrupted:
@@ -72,6 +78,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         runs=run_manager,
         identity=IdentityService(settings.auth, IdentityRepository.alongside(repo)),
         limits=user_limits,
+        credentials=credentials_service,
     )
 
     # In this order: who is asking, then their request rate, then the body's shape.
@@ -79,6 +86,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     limits.install(app, settings.limits.per_user)
     register_error_handlers(app)
     security.install(app, settings.cors)
-    for module in (messages, runs, sessions, files, gallery, health, pages, auth):
+    for module in (messages, runs, sessions, files, gallery, health, pages, auth, credentials):
         app.register_api(module.bp)
+    apidoc.finish(app, settings)
     return app

@@ -26,7 +26,7 @@ from a2wsgi.wsgi import build_environ
 from flask import Flask, Response, request
 from pydantic import ValidationError
 
-from ..schemas.api import RunQuery
+from ..schemas.api import EventsQuery
 from ..services.runs import EventFeed
 from ..settings import Settings
 from . import sse
@@ -148,10 +148,8 @@ class Front:
                 early = app.preprocess_request()
                 if early is not None:
                     return app.process_response(app.make_response(early)), None, 0, []
-                query = RunQuery.model_validate(request.args.to_dict())
-                after = sse.last_event_id(
-                    request.headers.get("Last-Event-ID"), request.args.get("last_event_id")
-                )
+                query = EventsQuery.model_validate(request.args.to_dict())
+                after = sse.last_event_id(request.headers.get("Last-Event-ID"), query.last_event_id)
                 feed = services().runs.feed(run_owner(query.user_id), run_id)
                 ok = app.process_response(
                     app.response_class(mimetype="text/event-stream", headers={"X-Accel-Buffering": "no"})

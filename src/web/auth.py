@@ -34,6 +34,7 @@ PUBLIC = frozenset(
         "health.health",
         "health.openapi",
         "gallery.get_gallery",
+        "gallery.get_gallery_item",
         "auth.auth_info",
         "auth.sign_in",
         "auth.sign_out",

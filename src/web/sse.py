@@ -18,12 +18,14 @@ def encode(seq: int, kind: str, data: dict[str, Any]) -> bytes:
     return f"id: {seq}\nevent: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-def last_event_id(header: str | None, query: str | None) -> int:
-    """Where a listener resumes: after `Last-Event-ID` (header, else `?last_event_id=`); 0 from the
-    start. Not a number is 0, as browsers may send anything; a number out of range is a 400."""
-    raw = (header or query or "0").strip()
+def last_event_id(header: str | None, query: int | None) -> int:
+    """Where a listener resumes: after the `Last-Event-ID` header, else `?last_event_id=` (already
+    checked by the query model: an integer from 0 to MAX_EVENT_ID); 0 from the start. A header
+    that is not a number is 0, as browsers may send anything; a number out of range is a 400."""
+    if header is None or not header.strip():
+        return query or 0
     try:
-        after = int(raw)
+        after = int(header.strip())
     except ValueError:
         return 0
     if after > MAX_EVENT_ID:

@@ -22,7 +22,15 @@ class FileQuery(BaseModel):
     user_id: str | None = Field(default=None, min_length=1, max_length=200)
 
 
-@bp.get("/sessions/<session_id>/files/<path:path>", responses={404: ErrorResponse})
+FILE: dict[str, object] = {
+    "description": "The file, as an attachment",
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+}
+
+
+@bp.get(
+    "/sessions/<session_id>/files/<path:path>", responses={200: FILE, 400: ErrorResponse, 404: ErrorResponse}
+)
 def download(path: FilePath, query: FileQuery) -> Response:
     """A file from the session's work dir; a path that leaves it is a 404."""
     handle = services().sessions.open_file(acting_user(query.user_id), path.session_id, path.path)

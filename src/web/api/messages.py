@@ -1,4 +1,9 @@
-"""Messages: ask the team a question, read a session's messages, delete one."""
+"""Messages: ask the team a question, read a session's messages, delete one.
+
+A session's messages come a page at a time, oldest first within the page; the first page is the
+newest `limit` messages and `next_cursor` leads to the ones before (so a client that ignores the
+cursor sees the conversation as it stands now, in order).
+"""
 
 from __future__ import annotations
 
@@ -21,10 +26,13 @@ from ..context import services
 from ..errors import envelope
 
 bp = APIBlueprint("messages", __name__, url_prefix="/api", abp_tags=[Tag(name="messages")])
-ERRORS: ResponseDict = {400: ErrorResponse, 404: ErrorResponse, 502: ErrorResponse, 503: ErrorResponse}
+ERRORS: ResponseDict = {400: ErrorResponse, 404: ErrorResponse}
+# A run that cannot complete: its LLM endpoint failed (502), or a sandbox or the embedded model
+# is not available here (503).
+RUN_ERRORS: ResponseDict = {**ERRORS, 502: ErrorResponse, 503: ErrorResponse}
 
 
-@bp.post("/messages", responses={200: PostMessageResponse, **ERRORS})
+@bp.post("/messages", responses={200: PostMessageResponse, **RUN_ERRORS})
 def post_message(body: PostMessageRequest) -> tuple[Response, int]:
     """Run the workflow on the message; blocks until the agents have answered."""
     reply = services().runs.run_blocking(own_message(body.message), body.flow_config)
@@ -34,16 +42,28 @@ def post_message(body: PostMessageRequest) -> tuple[Response, int]:
 
 @bp.get("/messages", responses={200: MessagesResponse, **ERRORS})
 def get_messages(query: MessagesQuery) -> tuple[Response, int]:
-    """A session's messages, oldest first."""
-    messages = services().sessions.messages(acting_user(query.user_id), query.session_id)
-    return envelope(True, "messages retrieved", data=[m.model_dump(mode="json") for m in messages])
+    """One page of a session's messages, oldest first: the newest `limit`, then older by cursor."""
+    page = services().sessions.messages(
+        acting_user(query.user_id), query.session_id, query.limit, query.cursor
+    )
+    return envelope(
+        True,
+        "messages retrieved",
+        data=[m.model_dump(mode="json") for m in page.items],
+        next_cursor=page.next_cursor,
+    )
 
 
 @bp.post("/messages/delete", responses={200: MessagesResponse, **ERRORS})
 def delete_message(body: DeleteMessageRequest) -> tuple[Response, int]:
-    """Delete one message; returns the session's remaining messages."""
+    """Delete one message; returns the first page of the session's remaining messages."""
     left = services().sessions.delete_message(acting_user(body.user_id), body.msg_id, body.session_id)
-    return envelope(True, "message deleted", data=[m.model_dump(mode="json") for m in left])
+    return envelope(
+        True,
+        "message deleted",
+        data=[m.model_dump(mode="json") for m in left.items],
+        next_cursor=left.next_cursor,
+    )
 
 
 def own_message(message: NewMessage) -> Message:

@@ -9,7 +9,14 @@ from flask_openapi3 import APIBlueprint, Tag
 from flask_openapi3.types import ResponseDict
 from pydantic import BaseModel, Field
 
-from ...schemas.api import ErrorResponse, PostMessageRequest, RunInputRequest, RunQuery, RunResponse
+from ...schemas.api import (
+    ErrorResponse,
+    EventsQuery,
+    PostMessageRequest,
+    RunInputRequest,
+    RunQuery,
+    RunResponse,
+)
 from ...schemas.runs import RunStatus
 from ...services.runs import HEARTBEAT
 from .. import sse
@@ -61,13 +68,51 @@ def answer_run(path: RunPath, query: RunQuery, body: RunInputRequest) -> tuple[R
     return envelope(True, "input received", data=data)
 
 
-@bp.get("/runs/<run_id>/events", doc_ui=True)
-def run_events(path: RunPath, query: RunQuery) -> Response:
-    """Server-Sent Events, one per thing the run says or does; resumes after `Last-Event-ID`.
+EVENT_STREAM: ResponseDict = {
+    200: {
+        "description": "The run's events as Server-Sent Events (`id`, `event`, `data` as JSON), ending "
+        "with its terminal status",
+        # Before OpenAPI 3.2 (`itemSchema`), an event stream's `schema` describes each event.
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "id": {
+                            "type": "string",
+                            "description": "the event's number in the run: 1, 2, 3, ...",
+                        },
+                        "event": {
+                            "type": "string",
+                            "description": "status, message, token, llm_call, code_execution_start, "
+                            "code_execution_result, input_request, input_timeout, final or error",
+                        },
+                        "data": {
+                            "type": "string",
+                            "contentMediaType": "application/json",
+                            "contentSchema": {"type": "object"},
+                        },
+                    },
+                    "required": ["id", "event", "data"],
+                }
+            }
+        },
+    },
+    400: ErrorResponse,
+    401: ErrorResponse,
+    404: ErrorResponse,
+}
+
+
+@bp.get("/runs/<run_id>/events", responses=EVENT_STREAM)
+def run_events(path: RunPath, query: EventsQuery) -> Response:
+    """Server-Sent Events, one per thing the run says or does; resumes after the `Last-Event-ID`
+    header (or `last_event_id`). A header that is not a number starts from the beginning; an id
+    past 2^63-1 is a 400.
 
     The server answers this path on its event loop (`web/asgi.py`), holding no thread per
     listener; this view serves it where the app runs as plain WSGI."""
-    after = sse.last_event_id(request.headers.get("Last-Event-ID"), request.args.get("last_event_id"))
+    after = sse.last_event_id(request.headers.get("Last-Event-ID"), query.last_event_id)
     events = services().runs.stream(run_owner(query.user_id), path.run_id, after)
 
     def generate() -> Iterator[bytes]:

@@ -1,4 +1,8 @@
-"""Sessions: list, create, publish to the gallery, clear."""
+"""Sessions: list, create, publish to the gallery, clear.
+
+Lists are one page, newest first (`limit`, `cursor`; `next_cursor` beside `data`): creating and
+clearing answer with the first page of the user's sessions, as the old clients expect a list.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from flask_openapi3.types import ResponseDict
 
 from ...schemas.api import (
     ClearDbRequest,
+    ClearDbResponse,
     CreateSessionRequest,
     ErrorResponse,
     GalleryItemResponse,
@@ -17,6 +22,7 @@ from ...schemas.api import (
 )
 from ...schemas.chat import Session
 from ...services.errors import BadRequest
+from ...services.pagination import Listing
 from ..auth import acting_user
 from ..context import services
 from ..errors import envelope
@@ -29,23 +35,27 @@ def _dump(sessions: list[Session]) -> list[dict]:
     return [s.model_dump(mode="json") for s in sessions]
 
 
+def _page(message: str, page: Listing[Session]) -> tuple[Response, int]:
+    return envelope(True, message, data=_dump(page.items), next_cursor=page.next_cursor)
+
+
 @bp.get("/sessions", responses={200: SessionsResponse, **ERRORS})
 def list_sessions(query: SessionsQuery) -> tuple[Response, int]:
-    """The user's sessions, newest first."""
+    """The user's sessions, newest first, one page."""
     user = acting_user(query.user_id)
-    return envelope(True, "sessions retrieved", data=_dump(services().sessions.list_sessions(user)))
+    return _page("sessions retrieved", services().sessions.list_sessions(user, query.limit, query.cursor))
 
 
 @bp.post("/sessions", responses={200: SessionsResponse, **ERRORS})
 def create_session(body: CreateSessionRequest) -> tuple[Response, int]:
-    """Create a session with a workflow; returns all the user's sessions."""
+    """Create a session with a workflow; returns the first page of the user's sessions."""
     new = body.session
     user = acting_user(body.user_id or new.user_id)
     if new.user_id is not None and new.user_id != user:
         raise BadRequest("session.user_id must match user_id")
     fields = new.model_dump(exclude_none=True, exclude={"flow_config", "user_id"})
     session = Session(**fields, user_id=user, flow_config=new.flow_config)
-    return envelope(True, "session created", data=_dump(services().sessions.create_session(user, session)))
+    return _page("session created", services().sessions.create_session(user, session))
 
 
 @bp.post("/sessions/publish", responses={200: GalleryItemResponse, **ERRORS})
@@ -58,7 +68,7 @@ def publish_session(body: PublishRequest) -> tuple[Response, int]:
     return envelope(True, "session published", data=item.model_dump(mode="json"))
 
 
-@bp.post("/cleardb", responses={200: SessionsResponse, **ERRORS})
+@bp.post("/cleardb", responses={200: ClearDbResponse, **ERRORS})
 def clear_session(body: ClearDbRequest) -> tuple[Response, int]:
     """Delete a session and its messages (its published gallery copies stay); its live runs
     are cancelled first."""
@@ -66,4 +76,7 @@ def clear_session(body: ClearDbRequest) -> tuple[Response, int]:
     svc = services().sessions
     services().runs.cancel_session(user, body.session_id)
     svc.clear_session(user, body.session_id)
-    return envelope(True, "session deleted", data={"sessions": _dump(svc.list_sessions(user))})
+    left = svc.list_sessions(user)
+    return envelope(
+        True, "session deleted", data={"sessions": _dump(left.items)}, next_cursor=left.next_cursor
+    )

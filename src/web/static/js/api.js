@@ -47,6 +47,19 @@ async function call(method, path, body, headers = {}) {
 const q = (params) => new URLSearchParams(Object.entries(params).filter(([, v]) => v != null && v !== "")).toString();
 const seg = (s) => encodeURIComponent(s);
 
+// Lists come a page at a time ({data, next_cursor}). The sidebar and a chat show every session
+// and every message, so these follow the cursors, 500 at a time; the gallery pages for real.
+async function everyPage(path, params) {
+  const pages = [];
+  let cursor = null;
+  do {
+    const page = await call("GET", `${path}?${q({ ...params, limit: 500, cursor })}`);
+    pages.push(page.data || []);
+    cursor = page.next_cursor || null;
+  } while (cursor);
+  return pages;
+}
+
 export const api = {
   // sign-in: the key or token goes in the Authorization header of this one call, never in a URL
   authInfo: async () => (await call("GET", "/api/auth")).data,
@@ -56,16 +69,22 @@ export const api = {
 
   examples: async () => (await call("GET", "/api/examples")).data || [],
 
-  sessions: async (userId) => (await call("GET", `/api/sessions?${q({ user_id: userId })}`)).data || [],
+  // newest first: each page follows the one before
+  sessions: async (userId) => (await everyPage("/api/sessions", { user_id: userId })).flat(),
 
-  createSession: async (userId, session) =>
-    (await call("POST", "/api/sessions", { user_id: userId, session: { ...session, user_id: userId } })).data || [],
+  // Both answer with the first page of sessions only: the whole list is read again.
+  createSession: async (userId, session) => {
+    await call("POST", "/api/sessions", { user_id: userId, session: { ...session, user_id: userId } });
+    return api.sessions(userId);
+  },
 
-  deleteSession: async (userId, sessionId) =>
-    (await call("POST", "/api/cleardb", { user_id: userId, session_id: sessionId })).data?.sessions || [],
+  deleteSession: async (userId, sessionId) => {
+    await call("POST", "/api/cleardb", { user_id: userId, session_id: sessionId });
+    return api.sessions(userId);
+  },
 
-  messages: async (userId, sessionId) =>
-    (await call("GET", `/api/messages?${q({ user_id: userId, session_id: sessionId })}`)).data || [],
+  // oldest first within a page, and the first page is the newest: each page goes before the last
+  messages: async (userId, sessionId) => (await everyPage("/api/messages", { user_id: userId, session_id: sessionId })).reverse().flat(),
 
   startRun: async (userId, sessionId, content, flowConfig) =>
     (
@@ -84,8 +103,12 @@ export const api = {
   publish: async (userId, sessionId, tags) =>
     (await call("POST", "/api/sessions/publish", { user_id: userId, session: { user_id: userId, session_id: sessionId }, tags })).data,
 
-  gallery: async (tag) => (await call("GET", `/api/gallery${tag ? `?${q({ tag })}` : ""}`)).data || [],
-  galleryItem: async (id) => (await call("GET", `/api/gallery?${q({ gallery_id: id })}`)).data,
+  // one page of the gallery, newest first: {items, next} (next: the cursor of the page after)
+  gallery: async (tag, cursor) => {
+    const page = await call("GET", `/api/gallery?${q({ tag, cursor })}`);
+    return { items: page.data || [], next: page.next_cursor || null };
+  },
+  galleryItem: async (id) => (await call("GET", `/api/gallery/${seg(id)}`)).data,
 
   fileUrl: (userId, sessionId, name) =>
     `/api/sessions/${seg(sessionId)}/files/${String(name).split("/").map(seg).join("/")}?${q({ user_id: userId })}`,

@@ -70,18 +70,45 @@ export class GalleryView {
     this.input.value = tag || "";
     this.status.textContent = "Loading…";
     this.list.replaceChildren();
+    this.showMore(tag, null, request);
     try {
-      const [items, all] = await Promise.all([api.gallery(tag), tag ? api.gallery() : null]);
+      // The tag chips come from the newest page of the whole gallery (not from every item).
+      const [page, all] = await Promise.all([api.gallery(tag), tag ? api.gallery() : null]);
       if (this.request !== request) return;
-      this.allTags = [...new Set((all || items).flatMap((i) => i.tags || []))].sort((a, b) => a.localeCompare(b));
+      const items = page.items;
+      this.allTags = [...new Set((all || page).items.flatMap((i) => i.tags || []))].sort((a, b) => a.localeCompare(b));
       this.renderTags(tag);
       this.list.replaceChildren(...items.map((i) => card(i, tag)));
-      if (items.length) this.status.textContent = tag ? `${plural(items.length, "conversation")} tagged “${tag}”` : `${plural(items.length, "published conversation")}`;
+      this.showMore(tag, page.next, request);
+      const more = page.next ? " (the newest; more below)" : "";
+      if (items.length) this.status.textContent = (tag ? `${plural(items.length, "conversation")} tagged “${tag}”` : `${plural(items.length, "published conversation")}`) + more;
       else this.status.textContent = tag ? `Nothing is tagged “${tag}” yet.` : "Nothing has been published yet. Open a chat and choose Publish to share it here.";
     } catch (err) {
       if (this.request !== request) return;
       this.status.textContent = `Could not load the gallery: ${err.message}`;
     }
+  }
+
+  /** A "Show more" button after the list while the gallery has another page. */
+  showMore(tag, cursor, request) {
+    this.more?.remove();
+    this.more = null;
+    if (!cursor) return;
+    const button = h("button", { type: "button", class: "btn gallery-more" }, "Show more");
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try {
+        const page = await api.gallery(tag, cursor);
+        if (this.request !== request) return;
+        this.list.append(...page.items.map((i) => card(i, tag)));
+        this.showMore(tag, page.next, request);
+      } catch (err) {
+        button.disabled = false;
+        this.status.textContent = `Could not load more: ${err.message}`;
+      }
+    });
+    this.more = button;
+    this.list.after(button);
   }
 
   renderTags(active) {
@@ -112,7 +139,7 @@ export async function showPublished(id, { banner, thread }) {
       "p",
       { class: "readonly-note" },
       h("span", { class: "badge" }, "Read-only"),
-      ` Published ${dateTime(item.timestamp)}`,
+      ` Published${item.publisher ? ` by ${item.publisher}` : ""} ${dateTime(item.timestamp)}`,
       flow.name ? ` · ${flow.name}` : "",
       flow.type ? ` (${flow.type})` : "",
     ),
