@@ -6,7 +6,6 @@ goes away frees its socket at once. Written as the attack that found the hole (e
 from __future__ import annotations
 
 import socket
-import statistics
 import time
 from collections.abc import Iterator
 
@@ -87,12 +86,9 @@ def test_idle_listeners_and_slow_headers_do_not_starve_the_server(
         for sock in listeners[:: LISTENERS // 20]:
             assert sock.recv(4096).startswith(b"HTTP/1.1 200")
         assert server_side_connections(busy) >= LISTENERS + SLOW_HEADERS
-        latencies = health_latencies(busy)
-        print(
-            f"health with {LISTENERS} listeners + {SLOW_HEADERS} slow: median "
-            f"{statistics.median(latencies) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms"
-        )
-        assert max(latencies) < 1.0
+        # Health answers at all (before, every thread was held and it timed out); how fast it
+        # answers is bench/connections.py's to print.
+        health_latencies(busy)
         # The run still answers its human, and its listeners hear it.
         answer = busy.post(f"/api/runs/{run_id}/input", {"text": "Paris"})
         assert answer.status_code == 200, answer.text
