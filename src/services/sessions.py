@@ -31,6 +31,7 @@ from ..execution import (
 )
 from ..schemas.chat import GalleryItem, Message, Session
 from ..schemas.pagination import DEFAULT_LIMIT
+from ..storage.gallery import GalleryRepository
 from ..storage.repository import Conflict, Repository
 from .errors import BadRequest, NotFound
 from .pagination import Listing, listing, start_after
@@ -43,6 +44,7 @@ ROW_ID: tuple[type, ...] = (int,)
 class SessionService:
     def __init__(self, repo: Repository, execution: ExecutionSettings) -> None:
         self.repo = repo
+        self.gallery_repo = GalleryRepository.alongside(repo)
         self._execution = execution
 
     def _own(self, user_id: str, session_id: str) -> Session:
@@ -97,7 +99,7 @@ class SessionService:
     def publish(self, user_id: str, session_id: str, tags: Sequence[str]) -> GalleryItem:
         """Publish the stored session (not the request's copy of it: what is shown is what was said)."""
         session = self._own(user_id, session_id)
-        return self.repo.publish_session(session, tags)
+        return self.gallery_repo.publish_session(session, tags)
 
     def open_file(self, user_id: str, session_id: str, rel_path: str) -> BinaryIO:
         """A file the session's code wrote; anything outside the session's work dir is absent."""
@@ -147,15 +149,15 @@ class SessionService:
                 before = (datetime.fromisoformat(str(key[0])), int(key[1]))
             except ValueError as exc:
                 raise BadRequest("invalid request: cursor: not a cursor of this list (gallery)") from exc
-        return listing(GALLERY, self.repo.gallery_page(tag, limit, before))
+        return listing(GALLERY, self.gallery_repo.gallery_page(tag, limit, before))
 
     def gallery_item(self, gallery_id: str) -> GalleryItem:
-        item = self.repo.gallery_item(gallery_id)
+        item = self.gallery_repo.gallery_item(gallery_id)
         if item is None:
             raise NotFound(f"gallery item {gallery_id} not found")
         return item
 
     def unpublish(self, user_id: str, gallery_id: str) -> None:
         """Take the user's own published item down; anyone else's answers as a missing one."""
-        if not self.repo.unpublish(user_id, gallery_id):
+        if not self.gallery_repo.unpublish(user_id, gallery_id):
             raise NotFound(f"gallery item {gallery_id} not found")

@@ -11,23 +11,20 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, and_, delete, insert, or_, select, text
+from sqlalchemy import CursorResult, delete, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as OrmSession
 
-from ..schemas.chat import GalleryItem, Message, PublishedSession, Session, public_copy, publisher_name
+from ..schemas.chat import Message, Session
 from ..schemas.pagination import Page
 from ..schemas.runs import UNFINISHED
 from .store import Store
 from .tables import (
-    GalleryRow,
-    GalleryTagRow,
     LLMCallRow,
     MessageRow,
     RunEventRow,
     RunRow,
     SessionRow,
-    UserRow,
 )
 
 
@@ -111,7 +108,7 @@ class Repository(Store):
                 .where(MessageRow.session_id == session_id, MessageRow.user_id == user_id)
                 .order_by(MessageRow.id)
             )
-            return [_message(r) for r in rows]
+            return [message_from_row(r) for r in rows]
 
     def messages_page(
         self, user_id: str, session_id: str, limit: int, before: int | None = None
@@ -122,7 +119,7 @@ class Repository(Store):
             rows = list(db.scalars(_newest_messages(user_id, session_id, limit + 1, before)))
             more, rows = len(rows) > limit, rows[:limit]
             rows.reverse()
-            return Page([_message(r) for r in rows], (rows[0].id,) if more else None)
+            return Page([message_from_row(r) for r in rows], (rows[0].id,) if more else None)
 
     def last_messages(self, user_id: str, session_id: str, n: int) -> list[Message]:
         """The session's newest `n` messages, oldest first: a run's history, in one indexed read
@@ -131,7 +128,7 @@ class Repository(Store):
             return []
         with self._tx() as db:
             rows = list(db.scalars(_newest_messages(user_id, session_id, n)))
-            return [_message(r) for r in reversed(rows)]
+            return [message_from_row(r) for r in reversed(rows)]
 
     def save_message(self, message: Message) -> Message:
         with self._write() as db:
@@ -319,89 +316,7 @@ class Repository(Store):
             row = db.scalar(
                 select(MessageRow).where(MessageRow.user_id == user_id, MessageRow.msg_id == msg_id)
             )
-            return None if row is None else _message(row)
-
-    # gallery ------------------------------------------------------------------------------------
-
-    def publish_session(self, session: Session, tags: Sequence[str] = ()) -> GalleryItem:
-        """Freeze a public copy of the session and its messages; later changes to the session
-        don't show. The copy names the publisher by display name (`publisher_name`), never by
-        user id, and holds no key or credential reference (`public_copy`)."""
-        owner = session.user_id
-        with self._write() as db:
-            display = db.scalar(select(UserRow.display_name).where(UserRow.user_id == owner))
-            publisher = publisher_name(owner, display)
-            rows = db.scalars(
-                select(MessageRow)
-                .where(MessageRow.session_id == session.session_id, MessageRow.user_id == owner)
-                .order_by(MessageRow.id)
-            )
-            messages = [public_copy(_message(r).model_dump(mode="json"), owner, publisher) for r in rows]
-            item = GalleryItem(
-                publisher=publisher,
-                session=PublishedSession.model_validate(
-                    public_copy(session.model_dump(mode="json"), owner, publisher)
-                ),
-                messages=[Message.model_validate(m) for m in messages],
-                tags=sorted(set(tags)),
-            )
-            db.add(
-                GalleryRow(
-                    gallery_id=item.id,
-                    owner_id=owner,
-                    publisher=publisher,
-                    session=item.session.model_dump(mode="json"),
-                    messages=messages,
-                    tags=item.tags,
-                    created_at=item.timestamp,
-                )
-            )
-            db.flush()
-            db.add_all(GalleryTagRow(gallery_id=item.id, tag=t) for t in item.tags)
-        return item
-
-    def gallery_page(
-        self, tag: str | None, limit: int, before: tuple[datetime, int] | None = None
-    ) -> Page[GalleryItem]:
-        """Published items (optionally those with `tag`), newest first: `limit` of them, from the
-        one after `before` (its publication time and row id)."""
-        with self._tx() as db:
-            query = select(GalleryRow)
-            if tag is not None:
-                query = query.join(GalleryTagRow, GalleryTagRow.gallery_id == GalleryRow.gallery_id).where(
-                    GalleryTagRow.tag == tag
-                )
-            if before is not None:
-                at, row_id = before
-                query = query.where(
-                    or_(
-                        GalleryRow.created_at < at,
-                        and_(GalleryRow.created_at == at, GalleryRow.id < row_id),
-                    )
-                )
-            query = query.order_by(GalleryRow.created_at.desc(), GalleryRow.id.desc()).limit(limit + 1)
-            rows = list(db.scalars(query))
-            more, rows = len(rows) > limit, rows[:limit]
-            last = rows[-1] if more else None
-            key = None if last is None else (last.created_at.isoformat(), last.id)
-            return Page([_gallery_item(r) for r in rows], key)
-
-    def gallery_item(self, gallery_id: str) -> GalleryItem | None:
-        with self._tx() as db:
-            row = db.scalar(select(GalleryRow).where(GalleryRow.gallery_id == gallery_id))
-            return None if row is None else _gallery_item(row)
-
-    def unpublish(self, owner_id: str, gallery_id: str) -> bool:
-        """Remove the owner's published item (with its tags); False when they have none of that id."""
-        with self._write() as db:
-            row = db.scalar(
-                select(GalleryRow).where(GalleryRow.gallery_id == gallery_id, GalleryRow.owner_id == owner_id)
-            )
-            if row is None:
-                return False
-            db.execute(delete(GalleryTagRow).where(GalleryTagRow.gallery_id == gallery_id))
-            db.delete(row)
-            return True
+            return None if row is None else message_from_row(row)
 
 
 def _newest_messages(user_id: str, session_id: str, n: int, before: int | None = None) -> Any:
@@ -409,28 +324,6 @@ def _newest_messages(user_id: str, session_id: str, n: int, before: int | None =
     if before is not None:
         query = query.where(MessageRow.id < before)
     return query.order_by(MessageRow.id.desc()).limit(n)
-
-
-def _gallery_item(row: GalleryRow) -> GalleryItem:
-    session: Any = row.session
-    messages: Any = row.messages
-    publisher = row.publisher
-    if publisher is None:  # published before copies were made public (migration 0004): make it so now
-        owner = row.owner_id or str(session.get("user_id") or "")
-        publisher = publisher_name(owner, None)
-        if owner:
-            session, messages = (
-                public_copy(session, owner, publisher),
-                public_copy(messages, owner, publisher),
-            )
-    return GalleryItem(
-        id=row.gallery_id,
-        publisher=publisher,
-        session=PublishedSession.model_validate(session),
-        messages=[Message.model_validate(m) for m in messages],
-        tags=list(row.tags),
-        timestamp=row.created_at,
-    )
 
 
 def _ensure_session(db: OrmSession, user_id: str, session: Session) -> None:
@@ -487,7 +380,7 @@ def _session(row: SessionRow) -> Session:
     )
 
 
-def _message(row: MessageRow) -> Message:
+def message_from_row(row: MessageRow) -> Message:
     return Message(
         msg_id=row.msg_id,
         user_id=row.user_id,
