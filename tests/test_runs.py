@@ -253,6 +253,11 @@ def test_restart_marks_runs_in_flight_interrupted_and_keeps_what_was_said(llm, t
         said = msgs[1]["metadata"]["messages"]
         assert [m["content"] for m in said][:2] == ["think hard", "Partial thought."]
         assert msgs[1]["metadata"]["usage"]["llm_calls"] >= 1
+        # The recovered answer is built like any other: it says what ran and what was asked for.
+        recovered = msgs[1]["metadata"]
+        assert recovered["workflow"] == {"name": "autonomous test", "type": "autonomous"}
+        assert recovered["models"]["requested"] == ["gpt-4o-mini"]
+        assert recovered["limit_reached"] is None and recovered["files"] == [] and recovered["parts"] == {}
         events = all_events(second, run["run_id"])
         assert events[-1].data == {"status": "interrupted"}
         # A client reconnecting with the last id it saw gets the ending, numbered past any id

@@ -35,6 +35,7 @@ from ..schemas.workflow import (
 )
 from ..settings import Settings
 from ..storage.repository import Conflict, Repository
+from . import answers
 from .credentials import CredentialService
 from .errors import BadRequest, DependencyUnavailable, LLMEndpointError, RunFailed
 from .executors import RunExecutors
@@ -152,7 +153,7 @@ class ChatService:
         )
         run_id = str(uuid.uuid4())
         try:
-            self.repo.start_run(run_id, message, new_session)
+            self.repo.start_run(run_id, message, new_session, flow=flow.model_dump(mode="json"))
         except Conflict as exc:
             raise BadRequest(str(exc)) from exc
         return PreparedRun(run_id, message, flow, history, runtime=runtime)
@@ -231,42 +232,29 @@ class ChatService:
             calls = recorder.calls if recorder is not None else []
             if control.finished and control.reply is not None:
                 return control.reply
-            ended = datetime.now(UTC)
             usage = recorder.summary() if recorder is not None else None
-            answer = outcome.answer or (
-                "(the run was cancelled)" if status == "cancelled" else "(the agents gave no answer)"
-            )
-            limit = None
-            if outcome.limit is not None:
-                limit = {"kind": outcome.limit.kind, "detail": outcome.limit.detail}
-                answer = f"{answer}\n\n[autobots: the run stopped early: {outcome.limit.detail}]"
-            elif status == "cancelled":
-                answer = f"{answer}\n\n[autobots: the run was cancelled]"
             transcript = control.transcript
-            metadata: dict[str, Any] = {
-                "run_id": run.run_id,
-                "status": status,
-                "workflow": {"name": run.flow.name, "type": run.flow.type.value},
-                "usage": usage,
-                "timing": _timing(control.started, ended),
-                "messages": [m.as_dict() for m in transcript.messages] if transcript else [],
-                "models": {
-                    "requested": control.requested_models,
-                    "answered": sorted({c.model for c in calls if not c.error}),
-                    "notes": control.notes,
-                },
-                "limit_reached": limit,
-                "parts": outcome.parts,
-                "files": files or [],
-            }
-            reply = Message(
-                user_id=run.message.user_id,
-                session_id=run.message.session_id,
-                role="assistant",
-                content=answer,
-                root_msg_id=run.message.msg_id,
-                metadata=metadata,
-                timestamp=ended,
+            limit = outcome.limit
+            reply = answers.build(
+                answers.Answer(
+                    run_id=run.run_id,
+                    user_id=run.message.user_id,
+                    session_id=run.message.session_id,
+                    question_id=run.message.msg_id,
+                    status=status,
+                    text=outcome.answer,
+                    started=control.started,
+                    ended=datetime.now(UTC),
+                    workflow=workflow_of(run.flow),
+                    usage=usage,
+                    messages=[m.as_dict() for m in transcript.messages] if transcript else [],
+                    requested_models=control.requested_models,
+                    answered_models=sorted({c.model for c in calls if not c.error}),
+                    model_notes=control.notes,
+                    limit=None if limit is None else (limit.kind, limit.detail),
+                    parts=outcome.parts,
+                    files=files or [],
+                )
             )
             self.repo.finish_run(run.run_id, status, usage, None, reply)
             control.finished, control.reply = True, reply
@@ -310,12 +298,8 @@ class ChatService:
         return self.finish(run, control, WorkflowOutcome(said, limit), status, files)
 
 
-def _timing(start: datetime, end: datetime) -> dict[str, Any]:
-    return {
-        "start": start.isoformat(),
-        "end": end.isoformat(),
-        "duration_s": round((end - start).total_seconds(), 6),
-    }
+def workflow_of(flow: AgentWorkFlowConfig) -> dict[str, Any]:
+    return {"name": flow.name, "type": flow.type.value}
 
 
 def _last_said(transcript: Transcript) -> str:

@@ -22,9 +22,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 from ..agents.workflows import WorkflowOutcome
@@ -37,46 +36,10 @@ from ..storage.repository import Repository
 from .chat import ChatService, PreparedRun, RunControl, RunObserver
 from .errors import NotFound, RunFailed, WrongState
 from .event_writer import EventWriter
+from .live import HEARTBEAT, SEQ_SLACK, EventFeed, LiveFeed, LiveRun, StoredFeed
+from .recovery import recover_unfinished
 
 log = logging.getLogger(__name__)
-
-HEARTBEAT = None  # what `stream` yields when nothing happened for a while
-
-# Events reach listeners from memory before the writer stores them, so after a hard kill a client
-# may have seen ids the database never got. A run's in-memory ids never run more than SEQ_SLACK
-# ahead of what is stored (the emitting thread waits for the writer when they would), and
-# recovery numbers its events from the last stored id + SEQ_SLACK + 1: always past anything sent.
-SEQ_SLACK = 1000
-
-INTERRUPTED_NOTE = "[autobots: the run was interrupted by a server restart]"
-
-
-@dataclass
-class LiveRun:
-    prepared: PreparedRun
-    interactive: bool
-    control: RunControl = field(default_factory=RunControl)
-    status: str = RunStatus.QUEUED
-    # The prompt a human is asked to answer now, its id, and the answer once given.
-    input_prompt: str | None = None
-    prompt_id: str | None = None
-    answer: str | None = None
-    seq: int = 0
-    flushed_seq: int = 0  # every event up to this id is stored
-    events: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
-    changed: threading.Condition = field(default_factory=lambda: threading.Condition(threading.RLock()))
-    concluded: bool = False  # the terminal status is announced; nothing follows it
-    done: threading.Event = field(default_factory=threading.Event)  # the worker has returned
-    reply: Message | None = None
-    error: RunFailed | None = None
-    future: Future[None] | None = None
-    # Called (with `changed` held) after every event: listeners on an event loop wake up here
-    # instead of holding a thread each while they wait.
-    wakers: list[Callable[[], None]] = field(default_factory=list)
-
-    @property
-    def run_id(self) -> str:
-        return self.prepared.run_id
 
 
 class RunManager:
@@ -333,8 +296,8 @@ class RunManager:
         self._owned(user_id, run_id)
         live = self._live_run(run_id)
         if live is not None:
-            return _LiveFeed(live)
-        return _StoredFeed(self._repo, run_id)
+            return LiveFeed(live)
+        return StoredFeed(self._repo, run_id)
 
     def _follow(self, live: LiveRun, after: int) -> Iterator[tuple[int, str, dict[str, Any]] | None]:
         """A live run's events come from memory: listeners never wait for the database. The
@@ -359,52 +322,9 @@ class RunManager:
     # recovery ----------------------------------------------------------------------------------
 
     def recover(self) -> int:
-        """Runs left unfinished by a previous server process: mark them interrupted, keeping
-        every message said so far in an answer that says what happened."""
-        count = 0
-        for run in self._repo.unfinished_runs():
-            said = [
-                data
-                for _, kind, data in self._repo.events_after(run["run_id"], 0, limit=100_000)
-                if kind == "message"
-            ]
-            calls = [LLMCall.from_row(r) for r in self._repo.llm_calls(run["run_id"])]
-            usage = summarize(calls)
-            user_msg = self._repo.get_message(run["user_id"], run["user_msg_id"])
-            last = next((m["content"] for m in reversed(said) if m.get("content")), "")
-            content = (last + "\n\n" if last else "") + INTERRUPTED_NOTE
-            ended = datetime.now(UTC)
-            reply = Message(
-                user_id=run["user_id"],
-                session_id=run["session_id"],
-                role="assistant",
-                content=content,
-                root_msg_id=run["user_msg_id"],
-                metadata={
-                    "run_id": run["run_id"],
-                    "status": RunStatus.INTERRUPTED,
-                    "usage": usage,
-                    "timing": {
-                        "start": run["started_at"].isoformat(),
-                        "end": ended.isoformat(),
-                        "duration_s": round((ended - run["started_at"]).total_seconds(), 6),
-                    },
-                    "messages": said,
-                    "question": user_msg.content if user_msg else None,
-                },
-                timestamp=ended,
-            )
-            self._repo.finish_run(
-                run["run_id"], RunStatus.INTERRUPTED, usage, "the server restarted during the run", reply
-            )
-            # Past any id a listener may have seen but the database never got (see SEQ_SLACK).
-            seq = self._repo.last_event_seq(run["run_id"]) + SEQ_SLACK
-            self._repo.add_event(
-                run["run_id"], seq + 1, EventKind.FINAL, {"message": reply.model_dump(mode="json")}
-            )
-            self._repo.add_event(run["run_id"], seq + 2, EventKind.STATUS, {"status": RunStatus.INTERRUPTED})
-            count += 1
-        return count
+        """Runs left unfinished by a previous server process: marked interrupted (see
+        `recovery.py`), each with an answer that keeps what was said."""
+        return recover_unfinished(self._repo, self._chat.settings.code_execution)
 
     def shutdown(self) -> None:
         """The server is stopping: end every live run now as interrupted (what was said is
@@ -507,52 +427,3 @@ def _call_event(call: LLMCall) -> dict[str, Any]:
 
 
 __all__ = ["HEARTBEAT", "SEQ_SLACK", "TERMINAL", "LiveRun", "RunManager", "WrongState"]
-
-
-Event = tuple[int, str, dict[str, Any]]
-
-
-class EventFeed:
-    """One run's events as a listener that must not block sees them."""
-
-    def take(self, after: int) -> tuple[list[Event], bool]:
-        """The events after id `after`, and whether the run has ended (nothing more will come)."""
-        raise NotImplementedError
-
-    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
-        """Call `wake` (from any thread, quickly) when there may be new events; returns the
-        function that ends the subscription."""
-        return lambda: None
-
-
-class _LiveFeed(EventFeed):
-    def __init__(self, live: LiveRun) -> None:
-        self._live = live
-
-    def take(self, after: int) -> tuple[list[Event], bool]:
-        live = self._live
-        with live.changed:  # a live run's ids are 1, 2, 3, ...: event `n` is at index n - 1
-            return live.events[max(0, after) :], live.concluded
-
-    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
-        live = self._live
-        with live.changed:
-            live.wakers.append(wake)
-
-        def unsubscribe() -> None:
-            with live.changed:
-                if wake in live.wakers:
-                    live.wakers.remove(wake)
-
-        return unsubscribe
-
-
-class _StoredFeed(EventFeed):
-    """A finished run (or one another process holds): its stored events, all at once."""
-
-    def __init__(self, repo: Repository, run_id: str) -> None:
-        self._repo = repo
-        self._run_id = run_id
-
-    def take(self, after: int) -> tuple[list[Event], bool]:
-        return self._repo.events_after(self._run_id, after, limit=1_000_000), True

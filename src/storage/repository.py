@@ -147,19 +147,32 @@ class Repository(Store):
     # runs and LLM calls -------------------------------------------------------------------------
 
     def start_run(
-        self, run_id: str, message: Message, new_session: Session | None = None, status: str = "queued"
+        self,
+        run_id: str,
+        message: Message,
+        new_session: Session | None = None,
+        status: str = "queued",
+        flow: dict[str, Any] | None = None,
     ) -> None:
-        """Store the user's message and its run (and the session, if new) all or nothing."""
+        """Store the user's message and its run (and the session, if new) all or nothing; `flow`
+        is the workflow the run runs, as sent (credential references, never keys)."""
         if message.session_id is None:
             raise ValueError("a run belongs to a session")
         try:
-            self._start_run(run_id, message, new_session, status)
+            self._start_run(run_id, message, new_session, status, flow)
         except IntegrityError as exc:  # an id taken by another process in the meantime
             raise Conflict(
                 f"session {message.session_id} or message {message.msg_id} is already in use"
             ) from exc
 
-    def _start_run(self, run_id: str, message: Message, new_session: Session | None, status: str) -> None:
+    def _start_run(
+        self,
+        run_id: str,
+        message: Message,
+        new_session: Session | None,
+        status: str,
+        flow: dict[str, Any] | None,
+    ) -> None:
         assert message.session_id is not None
         with self._write() as db:
             if new_session is not None:
@@ -174,6 +187,7 @@ class Repository(Store):
                     user_id=message.user_id,
                     user_msg_id=message.msg_id,
                     status=status,
+                    flow=flow,
                 )
             )
 
@@ -309,6 +323,7 @@ class Repository(Store):
                 "ended_at": run.ended_at,
                 "user_msg_id": run.user_msg_id,
                 "assistant_msg_id": run.assistant_msg_id,
+                "flow": run.flow,
             }
 
     def get_message(self, user_id: str, msg_id: str) -> Message | None:

@@ -114,6 +114,9 @@ class RunRow(Base):
     started_at: Mapped[datetime] = mapped_column(default=_now)
     ended_at: Mapped[datetime | None]
     usage: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The workflow the run runs, as sent (credential references, never keys): what a worker, or
+    # the next start's recovery, needs to know of it.
+    flow: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class RunEventRow(Base):

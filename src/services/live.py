@@ -1,0 +1,105 @@
+"""A live run's state in the process that runs it, and the views listeners read it through.
+
+`LiveRun` holds what changes while a run runs (status, the prompt a human is asked, the events
+so far) under one lock, `changed`. Listeners read events through an `EventFeed`: a live run's from
+memory (woken by `wakers`, never holding a thread while they wait), a finished one's from the
+database.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..schemas.chat import Message
+from ..schemas.runs import RunStatus
+from ..storage.repository import Repository
+from .chat import PreparedRun, RunControl
+from .errors import RunFailed
+
+HEARTBEAT = None  # what `stream` yields when nothing happened for a while
+
+# Events reach listeners from memory before the writer stores them, so after a hard kill a client
+# may have seen ids the database never got. A run's in-memory ids never run more than SEQ_SLACK
+# ahead of what is stored (the emitting thread waits for the writer when they would), and
+# recovery numbers its events from the last stored id + SEQ_SLACK + 1: always past anything sent.
+SEQ_SLACK = 1000
+
+Event = tuple[int, str, dict[str, Any]]
+
+
+@dataclass
+class LiveRun:
+    prepared: PreparedRun
+    interactive: bool
+    control: RunControl = field(default_factory=RunControl)
+    status: str = RunStatus.QUEUED
+    # The prompt a human is asked to answer now, its id, and the answer once given.
+    input_prompt: str | None = None
+    prompt_id: str | None = None
+    answer: str | None = None
+    seq: int = 0
+    flushed_seq: int = 0  # every event up to this id is stored
+    events: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
+    changed: threading.Condition = field(default_factory=lambda: threading.Condition(threading.RLock()))
+    concluded: bool = False  # the terminal status is announced; nothing follows it
+    done: threading.Event = field(default_factory=threading.Event)  # the worker has returned
+    reply: Message | None = None
+    error: RunFailed | None = None
+    future: Future[None] | None = None
+    # Called (with `changed` held) after every event: listeners on an event loop wake up here
+    # instead of holding a thread each while they wait.
+    wakers: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def run_id(self) -> str:
+        return self.prepared.run_id
+
+
+class EventFeed:
+    """One run's events as a listener that must not block sees them."""
+
+    def take(self, after: int) -> tuple[list[Event], bool]:
+        """The events after id `after`, and whether the run has ended (nothing more will come)."""
+        raise NotImplementedError
+
+    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call `wake` (from any thread, quickly) when there may be new events; returns the
+        function that ends the subscription."""
+        return lambda: None
+
+
+class LiveFeed(EventFeed):
+    def __init__(self, live: LiveRun) -> None:
+        self._live = live
+
+    def take(self, after: int) -> tuple[list[Event], bool]:
+        live = self._live
+        with live.changed:  # a live run's ids are 1, 2, 3, ...: event `n` is at index n - 1
+            return live.events[max(0, after) :], live.concluded
+
+    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
+        live = self._live
+        with live.changed:
+            live.wakers.append(wake)
+
+        def unsubscribe() -> None:
+            with live.changed:
+                if wake in live.wakers:
+                    live.wakers.remove(wake)
+
+        return unsubscribe
+
+
+class StoredFeed(EventFeed):
+    """A finished run (or one another process holds): its stored events, all at once."""
+
+    def __init__(self, repo: Repository, run_id: str) -> None:
+        self._repo = repo
+        self._run_id = run_id
+
+    def take(self, after: int) -> tuple[list[Event], bool]:
+        return self._repo.events_after(self._run_id, after, limit=1_000_000), True
