@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for the annotation only: the commands import the server where they use it
     from .services.identity import IdentityService
@@ -103,15 +103,12 @@ def _run(args: argparse.Namespace) -> int:
     """Run one workflow here, printing each agent message as it is said, then cost and timing."""
     from pydantic import ValidationError
 
-    from .agents.transcript import InnerMessage
     from .schemas.chat import Message
     from .schemas.validation import describe_validation
     from .schemas.workflow import AgentWorkFlowConfig
-    from .services.chat import ChatService, RunObserver
+    from .services.core import build_services
     from .services.errors import BadRequest, RunFailed
     from .settings import load_settings
-    from .storage.database import create_db_engine, make_session_factory, migrate
-    from .storage.repository import Repository
 
     try:
         raw = json.loads(Path(args.workflow).read_text(encoding="utf-8"))
@@ -127,23 +124,17 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: cannot use workflow {args.workflow}: {exc}", file=sys.stderr)
         return 2
     settings = load_settings(args.config)
-    engine = create_db_engine(settings.database_url)
-    migrate(engine)
-    service = ChatService(settings, Repository(make_session_factory(engine)))
-
-    def show(msg: InnerMessage) -> None:
-        print(f"\n--- {msg.sender} -> {msg.recipient}\n{msg.content}", flush=True)
-
+    core = build_services(settings, recover=False)
     try:
-        reply = service.send_message(
-            Message(user_id=args.user_id, content=args.message), flow, RunObserver(on_message=show)
-        )
+        reply = _run_through_manager(core, Message(user_id=args.user_id, content=args.message), flow)
     except BadRequest as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RunFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        core.runs.shutdown()
     meta = reply.metadata or {}
     usage, timing = meta.get("usage", {}), meta.get("timing", {})
     print(f"\n=== answer\n{reply.content}\n")
@@ -155,6 +146,26 @@ def _run(args: argparse.Namespace) -> int:
     for note in usage.get("cost_notes", []):
         print(f"note: {note}")
     return 0
+
+
+def _run_through_manager(core: Any, message: Any, flow: Any) -> Any:
+    """The run goes through the server's own machinery (limits, the wall-time cap, stored
+    events): its agents' messages are printed as its events arrive."""
+    from .schemas.runs import EventKind
+    from .services.errors import RunFailed
+    from .services.runs import HEARTBEAT
+
+    live = core.runs.submit(message, flow, interactive=False)
+    for event in core.runs.stream(None, live.run_id):
+        if event is HEARTBEAT:
+            continue
+        _, kind, data = event
+        if kind == EventKind.MESSAGE:
+            print(f"\n--- {data.get('sender')} -> {data.get('recipient')}\n{data.get('content')}", flush=True)
+    core.writer.flush()  # every event and call is stored before the answer is shown
+    if live.reply is not None:
+        return live.reply
+    raise live.error or RunFailed("the run ended without an answer", live.run_id, message)
 
 
 def main(argv: list[str] | None = None) -> int:

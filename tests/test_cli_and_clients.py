@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -164,3 +166,58 @@ def test_cli_names_the_bad_field_as_the_page_does(tmp_path):
 def test_serve_prints_the_chat_pages_url(server):
     port = server.url.rsplit(":", 1)[1]
     assert f"the chat page will be at http://127.0.0.1:{port}/" in server.log()
+
+
+def test_cli_run_has_the_servers_time_cap_and_stores_its_events(llm, tmp_path):
+    """`run` goes through the server's run machinery: its wall-time cap ends a hung call, and the
+    run's events are stored as a server's are."""
+    from tests.support.scripted_llm import Reply
+
+    llm.queue("First, quickly.", Reply("too late", delay=20))
+    workflow = tmp_path / "wf.json"
+    flow = {
+        "type": "autonomous",
+        "agents": [
+            {
+                "agent": {
+                    "type": "userproxy",
+                    "config": {"name": "userproxy", "llm_config": False, "max_consecutive_auto_reply": 5},
+                },
+                "link": {"agent_type": "sender"},
+            },
+            {
+                "agent": {
+                    "type": "assistant",
+                    "config": {
+                        "name": "primary_assistant",
+                        "llm_config": {"config_list": [{"model": "gpt-4o-mini"}]},
+                    },
+                },
+                "link": {"agent_type": "receiver"},
+            },
+        ],
+    }
+    workflow.write_text(json.dumps(flow))
+    db = tmp_path / "database.sqlite"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("AUTOBOTS_", "OPENAI_"))},
+        "OPENAI_API_KEY": SERVER_KEY,
+        "OPENAI_BASE_URL": llm.base_url,
+        "AUTOBOTS_DATABASE_URL": f"sqlite:///{db}",
+        "AUTOBOTS_LIMITS__MAX_RUN_SECONDS": "2",
+    }
+    t0 = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-m", "autobots", "run", str(workflow), "go"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "time cap of 2 s" in out.stdout and "First, quickly." in out.stdout
+    assert time.monotonic() - t0 < 15
+    with sqlite3.connect(db) as conn:
+        kinds = [k for (k,) in conn.execute("SELECT type FROM run_events ORDER BY seq")]
+    assert kinds[0] == "status" and "message" in kinds and kinds[-1] == "status"

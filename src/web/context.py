@@ -1,31 +1,12 @@
-"""The services an app instance serves, reachable from its request handlers."""
+"""The services an app instance serves (`services/core.py`), reachable from its request handlers."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from flask import current_app
 
-from ..services.chat import ChatService
-from ..services.credentials import CredentialService
-from ..services.identity import IdentityService
-from ..services.limits import UserLimits
-from ..services.runs import RunManager
-from ..services.sessions import SessionService
-from ..settings import Settings
-from ..storage.repository import Repository
+from ..services.core import Services
 
-
-@dataclass
-class Services:
-    settings: Settings
-    repo: Repository
-    chat: ChatService
-    sessions: SessionService
-    runs: RunManager
-    identity: IdentityService
-    limits: UserLimits
-    credentials: CredentialService
+__all__ = ["Services", "services"]
 
 
 def services() -> Services:
