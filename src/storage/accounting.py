@@ -15,12 +15,6 @@ from .tables import LLMCallRow, RunRow
 
 
 class AccountingRepository(Store):
-    @classmethod
-    def alongside(cls, other: Store) -> AccountingRepository:
-        repo = cls.__new__(cls)
-        repo._share(other)
-        return repo
-
     def live_runs(self, user_id: str) -> int:
         with self._tx() as db:
             return int(

@@ -32,12 +32,6 @@ class StoredCredential:
 
 
 class CredentialRepository(Store):
-    @classmethod
-    def alongside(cls, other: Store) -> CredentialRepository:
-        repo = cls.__new__(cls)
-        repo._share(other)
-        return repo
-
     def add(self, user_id: str, name: str, base_url: str | None, token: str) -> StoredCredential:
         try:
             with self._write() as db:

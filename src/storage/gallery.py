@@ -22,12 +22,6 @@ from .tables import GalleryRow, GalleryTagRow, MessageRow, UserRow
 
 
 class GalleryRepository(Store):
-    @classmethod
-    def alongside(cls, other: Store) -> GalleryRepository:
-        repo = cls.__new__(cls)
-        repo._share(other)
-        return repo
-
     def publish_session(self, session: Session, tags: Sequence[str] = ()) -> GalleryItem:
         """Freeze a public copy of the session and its messages; later changes to the session
         don't show. The copy names the publisher by display name (`publisher_name`), never by

@@ -39,12 +39,6 @@ class KeyOwner:
 
 
 class IdentityRepository(Store):
-    @classmethod
-    def alongside(cls, other: Store) -> IdentityRepository:
-        repo = cls.__new__(cls)
-        repo._share(other)
-        return repo
-
     # keys ---------------------------------------------------------------------------------------
 
     def add_key(self, key_id: str, digest: str, user_id: str, name: str | None, admin: bool) -> KeyInfo:

@@ -11,11 +11,13 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from typing import TypeVar
 
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import sessionmaker
 
 WriteLock = AbstractContextManager[object]
+S = TypeVar("S", bound="Store")
 
 
 class Store:
@@ -26,9 +28,12 @@ class Store:
         # under a hundred concurrent runs, queueing here is far faster than SQLite's back-off.
         self._write_lock: WriteLock = threading.Lock() if serialize_writes else contextlib.nullcontext(None)
 
-    def _share(self, other: Store) -> None:
-        """Use `other`'s database and write lock (a second repository of the same database)."""
-        self._factory, self._write_lock = other._factory, other._write_lock
+    @classmethod
+    def alongside(cls: type[S], other: Store) -> S:
+        """A repository of this kind on `other`'s database, sharing its write lock."""
+        repo = cls.__new__(cls)
+        repo._factory, repo._write_lock = other._factory, other._write_lock
+        return repo
 
     @contextmanager
     def _tx(self) -> Iterator[OrmSession]:
