@@ -129,7 +129,7 @@ def resolve(
             prices[resolved["model"]] = config_price((0, 0), source="embedded")
         if config.max_tokens is not None:
             resolved["max_tokens"] = config.max_tokens
-        if config.stream:
+        if config.stream or (config.stream is None and embedded.is_embedded(resolved["model"])):
             resolved["stream"] = True
     timeout = config.timeout or settings.llm.request_timeout_s
     if config.timeout is None and any(embedded.is_embedded(e["model"]) for e in entries):

@@ -133,7 +133,12 @@ class LLMConfig(_Lenient):
     cache_seed: int | None = None
     timeout: float | None = Field(default=None, gt=0, le=3600)
     max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
-    stream: bool = Field(default=False, description="stream tokens from the model (live runs show them)")
+    # None: the server decides: on for the embedded model (its replies take seconds: the page shows
+    # them as they come), off for other endpoints.
+    stream: bool | None = Field(
+        default=None,
+        description="stream tokens from the model (live runs show them); default: on for the embedded model",
+    )
 
 
 class CodeExecutionObject(_Lenient):
