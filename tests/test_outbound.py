@@ -152,12 +152,15 @@ def test_a_key_in_a_urls_userinfo_is_refused_and_kept_nowhere(server, llm, user_
         seen.append(r.text)
         assert r.status_code == 400, r.text
         assert f"{ENTRY_FIELD}.base_url" in r.json()["message"] and "credential" in r.json()["message"]
-    # A session made directly with such a flow keeps the URL without the key.
+    # Nor can a session be made directly with such a flow: the same 400, nothing stored.
     created = server.post(
         "/api/sessions",
         {"user_id": user_id, "session": {"user_id": user_id, "flow_config": body["flow_config"]}},
     )
-    seen += [created.text, server.get("/api/sessions", user_id=user_id).text]
+    assert created.status_code == 400 and "credential" in created.json()["message"]
+    listed = server.get("/api/sessions", user_id=user_id)
+    assert listed.json()["data"] == []
+    seen += [created.text, listed.text]
     assert llm.arrived == 0
     for text in seen:
         assert LEAKED not in text
@@ -446,3 +449,27 @@ def test_bad_credential_input_is_a_clear_400_never_a_500(server, user_id):
     r = server.http.delete(server.url + "/api/credentials/nothing", params={"user_id": user_id})
     assert r.status_code == 404
     assert LEAKED not in server.log()
+
+
+def test_a_session_cannot_store_a_workflow_that_calls_the_server_itself(server, llm, user_id):
+    own = server.url + "/api/messages/delete"
+    flow = flow_with({"base_url": own})
+    r = server.post(
+        "/api/sessions", {"user_id": user_id, "session": {"user_id": user_id, "flow_config": flow}}
+    )
+    assert r.status_code == 400 and "this server itself" in r.json()["message"]
+    assert server.get("/api/sessions", user_id=user_id).json()["data"] == []
+
+
+def test_an_endpoint_that_answers_no_chat_completion_is_a_502(server, llm, user_id):
+    """An allowed endpoint that answers 200 with something else (a web page, an empty JSON
+    object) is the endpoint's failure: a 502 that says so, never a 500."""
+    for body in ("<html>not an LLM</html>", "{}"):
+        llm.raw_reply = body
+        r = server.post(
+            "/api/messages",
+            {"message": wf.message(user_id, "hi"), "flow_config": wf.autonomous(wf.assistant())},
+        )
+        assert r.status_code == 502, r.text
+        assert "not an OpenAI chat completion" in r.json()["message"]
+    llm.raw_reply = None

@@ -275,3 +275,20 @@ def test_last_messages_reads_only_the_newest_n_oldest_first(tmp_path: Path, user
     assert repo.last_messages(user_id, "s", 0) == [] and repo.last_messages("other", "s", 5) == []
     page = repo.messages_page(user_id, "s", 10)
     assert [m.content for m in page.items] == [f"m{i}" for i in range(20, 30)] and page.next_key is not None
+
+
+def test_a_gallery_page_shows_each_items_first_messages_only(server, llm, user_id):
+    """A long published session must not make every page of the gallery long: a list shows an
+    item's first messages and how many it has; the item by its id has them all."""
+    llm.responder = lambda body: "ok TERMINATE"
+    sid = "long-" + uuid.uuid4().hex[:6]
+    new_session(server, user_id, sid)
+    for i in range(12):
+        chat(server, user_id, sid, f"question {i}")
+    tag = "long-" + uuid.uuid4().hex[:6]
+    item = publish(server, user_id, sid, [tag])
+    listed = server.get("/api/gallery", tag=tag).json()["data"][0]
+    assert listed["id"] == item["id"] and listed["message_count"] == 24
+    assert len(listed["messages"]) == 20 and listed["messages"][0]["content"] == "question 0"
+    whole = server.get(f"/api/gallery/{item['id']}").json()["data"]
+    assert len(whole["messages"]) == 24 and whole["message_count"] == 24

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import requests
 
 from tests.conftest import SERVER_KEY
 from tests.support import workflows as wf
@@ -120,3 +122,64 @@ def test_request_counts_are_shared_by_processes_through_redis(
     finally:
         first.stop()
         second.stop()
+
+
+def test_deleting_a_session_gives_no_budget_back(
+    limited: RunningServer, llm: ScriptedLLM, user_id: str
+) -> None:
+    """The attack the audit found: spend the budget, delete the chat, spend again."""
+    llm.responder = lambda body: "Still thinking about it, let me go on with more detail..."
+    r = limited.post(
+        "/api/messages", {"message": wf.message(user_id, "spend"), "flow_config": priced_flow(True)}
+    )
+    assert r.json()["metadata"]["metadata"]["limit_reached"]["kind"] == "daily_budget_usd"
+    spent = limited.get("/api/me", user_id=user_id).json()["data"]["today"]
+    sid = r.json()["metadata"]["session_id"]
+    assert limited.post("/api/cleardb", {"user_id": user_id, "session_id": sid}).status_code == 200
+    after = limited.get("/api/me", user_id=user_id).json()["data"]["today"]
+    assert after["cost_usd"] == spent["cost_usd"] and after["llm_calls"] == spent["llm_calls"]
+    assert after["runs"] == spent["runs"] and after["total_tokens"] == spent["total_tokens"]
+    again = limited.post(
+        "/api/messages", {"message": wf.message(user_id, "more"), "flow_config": priced_flow()}
+    )
+    assert again.status_code == 429 and "daily_budget_usd" in again.json()["message"]
+
+
+def test_simultaneous_starts_cannot_slip_past_the_live_run_cap(
+    limited: RunningServer, llm: ScriptedLLM, user_id: str
+) -> None:
+    llm.responder = lambda body: Reply("slow TERMINATE", delay=2.0)
+    body = {"message": wf.message(user_id, "at once"), "flow_config": wf.autonomous(wf.assistant())}
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: limited.post("/api/runs", body).status_code, range(8)))
+    assert sorted(codes) == [202] + [429] * 7, codes
+
+
+@pytest.fixture(scope="module")
+def guarded(llm_server: ScriptedLLM, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    env = {"AUTOBOTS_AUTH__MODE": "token", "AUTOBOTS_LIMITS__PER_USER__REQUESTS_PER_MINUTE": "5"}
+    srv = start_server(tmp_path_factory.mktemp("guarded"), env=env)
+    yield srv
+    srv.stop()
+
+
+def test_failed_sign_ins_are_rate_limited_too(guarded: RunningServer) -> None:
+    codes = [
+        requests.get(
+            guarded.url + "/api/sessions", headers={"Authorization": "Bearer nope"}, timeout=30
+        ).status_code
+        for _ in range(7)
+    ]
+    assert codes[:5] == [401] * 5 and codes[5:] == [429, 429]
+
+
+def test_a_malformed_origin_with_a_cookie_is_a_403_never_a_500(guarded: RunningServer) -> None:
+    for path in ("/api/sessions", "/api/gallery", "/api/runs/x/events", "/"):
+        r = requests.get(
+            guarded.url + path,
+            cookies={"autobots_session": "abc"},
+            headers={"Origin": "http://[::1"},
+            timeout=30,
+        )
+        assert r.status_code in (200, 401, 403, 429), (path, r.status_code)
+    assert "Traceback" not in guarded.log()

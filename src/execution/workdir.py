@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import stat
+import uuid
 from collections.abc import Generator
 from pathlib import Path
 from typing import BinaryIO
@@ -29,6 +30,8 @@ _HASHED_PREFIX = "_s-"
 # Each owner's sessions live in a dir of their own, named by a digest of the owner's id (user
 # ids are often email addresses; the disk need not show them).
 _OWNER_PREFIX = "_u-"
+# Where a deleted session's dir goes on its way out: no session dir name starts with it.
+_GONE_PREFIX = "_gone-"
 # list_files stops after this many entries: a sandbox can create millions of files and
 # the listing is shown to a person, not used for accounting.
 MAX_LISTED_FILES = 10_000
@@ -112,7 +115,12 @@ def remove_session_workdir(settings: ExecutionSettings, session_id: str, owner: 
         return True
     if not path.is_dir():
         return False
-    shutil.rmtree(path)  # fd-based on Linux: safe against links swapped in while it runs
+    # First moved aside (one rename, which cannot fail halfway), so that a later session of the
+    # same id starts empty even if something inside cannot be deleted (a dir sandboxed code made
+    # unreadable, on a server that is not root); then deleted, fd-based, never following links.
+    gone = path.with_name(f"{_GONE_PREFIX}{uuid.uuid4().hex}")
+    path.rename(gone)
+    shutil.rmtree(gone, ignore_errors=True)
     return True
 
 

@@ -83,7 +83,14 @@ class GalleryItem(_Model):
     messages: list[Message]
     tags: list[str] = Field(default_factory=list)
     timestamp: datetime = Field(default_factory=utcnow)
+    # How many messages the copy holds: a list of the gallery shows each item's first
+    # `GALLERY_PREVIEW_MESSAGES` only (so no page grows with the sessions' length); one item by
+    # its id has them all.
+    message_count: int | None = None
 
+
+# Messages of each item in a list of the gallery (the whole copy: `GET /api/gallery/<id>`).
+GALLERY_PREVIEW_MESSAGES = 20
 
 # Never in a published copy, wherever they appear: a provider key, or the name of a stored one.
 SECRET_FIELDS = frozenset({"api_key", "credential"})

@@ -13,10 +13,12 @@ and a short, cleaned reason, never the body it sent (`provider_errors.py`).
 from __future__ import annotations
 
 import threading
+import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -34,7 +36,7 @@ from ..schemas.workflow import (
     AgentWorkFlowConfig,
 )
 from ..settings import Settings
-from ..storage.repository import Conflict, Repository
+from ..storage.repository import Conflict, Repository, TooManyLiveRuns
 from . import answers
 from .credentials import CredentialService
 from .errors import BadRequest, DependencyUnavailable, LLMEndpointError, RunFailed
@@ -152,10 +154,16 @@ class ChatService:
             else None
         )
         run_id = str(uuid.uuid4())
+        max_live = self._limits.settings.live_runs if self._limits is not None else 0
         try:
-            self.repo.start_run(run_id, message, new_session, flow=flow.model_dump(mode="json"))
+            self.repo.start_run(
+                run_id, message, new_session, flow=flow.model_dump(mode="json"), max_live=max_live
+            )
         except Conflict as exc:
             raise BadRequest(str(exc)) from exc
+        except TooManyLiveRuns as exc:
+            assert self._limits is not None
+            raise self._limits.live_runs_exceeded() from exc
         return PreparedRun(run_id, message, flow, history, runtime=runtime)
 
     def send_message(
@@ -210,6 +218,13 @@ class ChatService:
         except WorkflowConfigError as exc:
             self._fail(run, control, str(exc), RunFailed)
         except Exception as exc:
+            if _raised_reading_an_answer(exc):  # an endpoint that answered with no chat completion
+                self._fail(
+                    run,
+                    control,
+                    "the LLM endpoint failed: its answer was not an OpenAI chat completion",
+                    LLMEndpointError,
+                )
             self._fail(run, control, f"{type(exc).__name__}: {exc}", RunFailed)
         finally:
             executors.close()
@@ -296,6 +311,21 @@ class ChatService:
         files = control.executors.files() if control.executors is not None else []
         status = "cancelled" if limit is None else "completed"
         return self.finish(run, control, WorkflowOutcome(said, limit), status, files)
+
+
+def _raised_reading_an_answer(exc: BaseException) -> bool:
+    """Whether the error came from inside the OpenAI SDK or AutoGen's client while it read an
+    endpoint's answer (a body that is no chat completion breaks them with a TypeError or an
+    AttributeError): that is the endpoint's failure, not the server's."""
+    if not isinstance(exc, TypeError | AttributeError | KeyError | ValueError):
+        return False
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames or frames[-1].filename.startswith(_OWN_CODE):
+        return False  # raised by this server's own code: a bug here, not the endpoint's answer
+    return any("/openai/" in f.filename or "/autogen/oai/" in f.filename for f in frames)
+
+
+_OWN_CODE = str(Path(__file__).resolve().parents[1])
 
 
 def workflow_of(flow: AgentWorkFlowConfig) -> dict[str, Any]:

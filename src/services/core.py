@@ -55,7 +55,7 @@ def build_services(settings: Settings, recover: bool = True) -> Services:
         settings, repo, call_store=writer.put_call, limits=user_limits, credentials=credentials
     )
     runs = RunManager(chat, repo, settings.runs, writer)
-    sessions = SessionService(repo, settings.code_execution)
+    sessions = SessionService(repo, settings.code_execution, check_flow=chat.teams.runtime_flow)
     if recover:
         if interrupted := runs.recover():
             log.warning("marked %d unfinished run(s) as interrupted", interrupted)

@@ -37,16 +37,18 @@ class UserLimits:
             Decimal(str(settings.daily_budget_usd)) if settings.daily_budget_usd is not None else None
         )
 
-    def check_new_run(self, user_id: str) -> None:
-        """Before anything of a new run is stored: a 429 naming the limit."""
+    def live_runs_exceeded(self) -> LimitExceeded:
         cap = self.settings.live_runs
-        if cap and self._accounting.live_runs(user_id) >= cap:
-            raise LimitExceeded(
-                f"limit reached: limits.per_user.live_runs allows {cap} runs at once per user; "
-                "wait for one to finish or cancel one",
-                "live_runs",
-                5,
-            )
+        return LimitExceeded(
+            f"limit reached: limits.per_user.live_runs allows {cap} runs at once per user; "
+            "wait for one to finish or cancel one",
+            "live_runs",
+            5,
+        )
+
+    def check_new_run(self, user_id: str) -> None:
+        """Before anything of a new run is stored: a 429 naming the limit. The live-run cap is
+        checked where the run is stored (`Repository.start_run(max_live=...)`), in one step."""
         if self._budget is not None:
             spent = self._accounting.spent_since(user_id, day_start())
             if spent >= self._budget:

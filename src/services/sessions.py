@@ -16,7 +16,7 @@ item down, and someone else's item answers as if it did not exist.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import BinaryIO
 
@@ -31,6 +31,7 @@ from ..execution import (
 )
 from ..schemas.chat import GalleryItem, Message, Session
 from ..schemas.pagination import DEFAULT_LIMIT
+from ..schemas.workflow import AgentWorkFlowConfig
 from ..storage.gallery import GalleryRepository
 from ..storage.repository import Conflict, Repository
 from .errors import BadRequest, NotFound
@@ -42,10 +43,18 @@ ROW_ID: tuple[type, ...] = (int,)
 
 
 class SessionService:
-    def __init__(self, repo: Repository, execution: ExecutionSettings) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        execution: ExecutionSettings,
+        check_flow: Callable[[str, AgentWorkFlowConfig], object] | None = None,
+    ) -> None:
         self.repo = repo
         self.gallery_repo = GalleryRepository.alongside(repo)
         self._execution = execution
+        # The run's own check of what a workflow may call (`TeamGate.runtime_flow`): a session
+        # stores no workflow that its first message would refuse.
+        self._check_flow = check_flow
 
     def _own(self, user_id: str, session_id: str) -> Session:
         session = self.repo.get_session(user_id, session_id)
@@ -66,6 +75,8 @@ class SessionService:
         expect the list)."""
         if session.user_id != user_id:
             raise BadRequest("session.user_id must match user_id")
+        if self._check_flow is not None:
+            self._check_flow(user_id, session.flow_config)
         try:
             self.repo.create_session(user_id, session)
         except Conflict as exc:

@@ -14,7 +14,15 @@ from typing import Any
 
 from sqlalchemy import and_, delete, or_, select
 
-from ..schemas.chat import GalleryItem, Message, PublishedSession, Session, public_copy, publisher_name
+from ..schemas.chat import (
+    GALLERY_PREVIEW_MESSAGES,
+    GalleryItem,
+    Message,
+    PublishedSession,
+    Session,
+    public_copy,
+    publisher_name,
+)
 from ..schemas.pagination import Page
 from .repository import message_from_row
 from .store import Store
@@ -85,7 +93,7 @@ class GalleryRepository(Store):
             more, rows = len(rows) > limit, rows[:limit]
             last = rows[-1] if more else None
             key = None if last is None else (last.created_at.isoformat(), last.id)
-            return Page([_gallery_item(r) for r in rows], key)
+            return Page([_gallery_item(r, preview=True) for r in rows], key)
 
     def gallery_item(self, gallery_id: str) -> GalleryItem | None:
         with self._tx() as db:
@@ -105,7 +113,7 @@ class GalleryRepository(Store):
             return True
 
 
-def _gallery_item(row: GalleryRow) -> GalleryItem:
+def _gallery_item(row: GalleryRow, preview: bool = False) -> GalleryItem:
     session: Any = row.session
     messages: Any = row.messages
     publisher = row.publisher
@@ -121,7 +129,10 @@ def _gallery_item(row: GalleryRow) -> GalleryItem:
         id=row.gallery_id,
         publisher=publisher,
         session=PublishedSession.model_validate(session),
-        messages=[Message.model_validate(m) for m in messages],
+        messages=[
+            Message.model_validate(m) for m in (messages[:GALLERY_PREVIEW_MESSAGES] if preview else messages)
+        ],
+        message_count=len(messages),
         tags=list(row.tags),
         timestamp=row.created_at,
     )

@@ -11,13 +11,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, insert, select, text
+from sqlalchemy import CursorResult, delete, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as OrmSession
 
 from ..schemas.chat import Message, Session
 from ..schemas.pagination import Page
 from ..schemas.runs import UNFINISHED
+from .accounting import keep_usage
 from .store import Store
 from .tables import (
     LLMCallRow,
@@ -26,6 +27,10 @@ from .tables import (
     RunRow,
     SessionRow,
 )
+
+
+class TooManyLiveRuns(Exception):
+    """The user has `limits.per_user.live_runs` unfinished runs already."""
 
 
 class Conflict(Exception):
@@ -81,7 +86,8 @@ class Repository(Store):
             ]
 
     def delete_user_sessions(self, user_id: str, session_id: str) -> bool:
-        """Delete one session with its messages and runs; published gallery copies stay."""
+        """Delete one session with its messages and runs; published gallery copies stay, and what
+        its runs used is kept per day (`accounting.keep_usage`)."""
         with self._write() as db:
             row = db.scalar(
                 select(SessionRow).where(SessionRow.session_id == session_id, SessionRow.user_id == user_id)
@@ -90,6 +96,7 @@ class Repository(Store):
                 return False
             mine = (RunRow.session_id == session_id) & (RunRow.user_id == user_id)
             run_ids = select(RunRow.run_id).where(mine)
+            keep_usage(db, user_id, run_ids)
             db.execute(delete(LLMCallRow).where(LLMCallRow.run_id.in_(run_ids)))
             db.execute(delete(RunEventRow).where(RunEventRow.run_id.in_(run_ids)))
             db.execute(delete(RunRow).where(mine))
@@ -153,13 +160,16 @@ class Repository(Store):
         new_session: Session | None = None,
         status: str = "queued",
         flow: dict[str, Any] | None = None,
+        max_live: int = 0,
     ) -> None:
         """Store the user's message and its run (and the session, if new) all or nothing; `flow`
-        is the workflow the run runs, as sent (credential references, never keys)."""
+        is the workflow the run runs, as sent (credential references, never keys). With
+        `max_live`, a user who has that many unfinished runs already gets `TooManyLiveRuns`: the
+        count and the insert are one step, so simultaneous requests cannot all slip past it."""
         if message.session_id is None:
             raise ValueError("a run belongs to a session")
         try:
-            self._start_run(run_id, message, new_session, status, flow)
+            self._start_run(run_id, message, new_session, status, flow, max_live)
         except IntegrityError as exc:  # an id taken by another process in the meantime
             raise Conflict(
                 f"session {message.session_id} or message {message.msg_id} is already in use"
@@ -172,9 +182,20 @@ class Repository(Store):
         new_session: Session | None,
         status: str,
         flow: dict[str, Any] | None,
+        max_live: int,
     ) -> None:
         assert message.session_id is not None
         with self._write() as db:
+            if max_live:
+                if db.get_bind().dialect.name == "postgresql":  # one of the user's starts at a time
+                    db.execute(text("SELECT pg_advisory_xact_lock(hashtext(:u))"), {"u": message.user_id})
+                live = db.scalar(
+                    select(func.count())
+                    .select_from(RunRow)
+                    .where(RunRow.user_id == message.user_id, RunRow.status.in_(UNFINISHED))
+                )
+                if (live or 0) >= max_live:
+                    raise TooManyLiveRuns(max_live)
             if new_session is not None:
                 # Two first messages of one new session may race here: the second finds the
                 # session the first created, and both runs belong to it.

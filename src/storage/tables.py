@@ -233,3 +233,18 @@ class CredentialRow(Base):
     base_url: Mapped[str | None] = mapped_column(String(1000))
     secret: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+class UsageDayRow(Base):
+    """What a user's deleted sessions had used, per UTC day: a deleted chat must not give its
+    spending back (the daily budget, `GET /api/me`). Live sessions' usage is read from their calls."""
+
+    __tablename__ = "usage_days"
+
+    user_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD, UTC
+    runs: Mapped[int] = mapped_column(Integer, default=0)
+    llm_calls: Mapped[int] = mapped_column(Integer, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[str] = mapped_column(String(40), default="0")

@@ -13,7 +13,7 @@ from ..services.core import build_services
 from ..settings import Settings, load_settings
 from . import apidoc, limits, pages, security
 from .api import auth, credentials, files, gallery, health, messages, runs, sessions
-from .auth import load_principal
+from .auth import load_principal, refuse_unauthenticated
 from .errors import register_error_handlers, validation_error_response
 
 
@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     # In this order: who is asking, then their request rate, then the body's shape.
     app.before_request(load_principal)
     limits.install(app, settings.limits.per_user)
+    app.before_request(refuse_unauthenticated)
     register_error_handlers(app)
     security.install(app, settings.cors)
     for module in (messages, runs, sessions, files, gallery, health, pages, auth, credentials):

@@ -71,20 +71,31 @@ def bearer_credential() -> str | None:
 
 
 def load_principal() -> Response | None:
-    """Before every request: authenticate, or refuse a protected endpoint (401)."""
+    """Before every request: authenticate. A protected endpoint's refusal (401, or 403 for a
+    cookie from another origin) is raised by `refuse_unauthenticated`, after the rate limit has
+    counted the request: failed attempts are limited like any other (by address)."""
     identity = services().identity
     g.principal = None
+    g.refusal = None
     if not identity.signs_in or request.method == "OPTIONS":
         return None
     public = request.endpoint is None or request.endpoint in PUBLIC
     try:
         g.principal = _authenticate(identity)
-    except (Unauthorized, Forbidden):
-        if not public:
-            raise
+    except (Unauthorized, Forbidden) as exc:
         g.principal = None  # a stale cookie, or a link from another site: the page still loads
-    if g.principal is None and not public:
-        raise Unauthorized("credentials required: send 'Authorization: Bearer <API key or token>'")
+        if not public:
+            g.refusal = exc
+    if g.principal is None and not public and g.refusal is None:
+        g.refusal = Unauthorized("credentials required: send 'Authorization: Bearer <API key or token>'")
+    return None
+
+
+def refuse_unauthenticated() -> Response | None:
+    """After the rate limit: a protected endpoint without a valid principal is refused."""
+    refusal = g.get("refusal")
+    if refusal is not None:
+        raise refusal
     return None
 
 
@@ -105,7 +116,11 @@ def check_same_origin() -> None:
     if site is not None and site not in ("same-origin", "none"):
         raise Forbidden("cross-site request refused: the sign-in cookie only works from this server's page")
     origin = request.headers.get("Origin")
-    if origin is not None and urlsplit(origin).netloc != request.host:
+    try:
+        other_origin = origin is not None and urlsplit(origin).netloc != request.host
+    except ValueError:  # not even a URL ("http://[::1"): certainly not this server's page
+        other_origin = True
+    if other_origin:
         raise Forbidden("cross-origin request refused: the sign-in cookie only works from this server's page")
     if origin is None and request.method not in SAFE_METHODS:
         raise Forbidden("request refused: a signed-in page's request must say its Origin")

@@ -87,6 +87,8 @@ class ScriptedLLM:
     # Bumped by reset(): calls that began before it (a cancelled run's abandoned call, still
     # being answered) are not counted in the next scenario.
     generation: int = 0
+    # When set, every chat call is answered 200 with this body as it is (not a chat completion).
+    raw_reply: str | None = None
 
     # scripting ----------------------------------------------------------------------------------
 
@@ -102,6 +104,7 @@ class ScriptedLLM:
             self.max_in_flight = 0
             self._in_flight = 0
             self.arrived = 0
+            self.raw_reply = None
             self.generation += 1
 
     def _next_reply(self, body: dict[str, Any]) -> Reply:
@@ -181,6 +184,14 @@ class ScriptedLLM:
             self._in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
         try:
+            if self.raw_reply is not None:
+                data = self.raw_reply.encode()
+                handler.send_response(200)
+                handler.send_header("Content-Type", "application/json")
+                handler.send_header("Content-Length", str(len(data)))
+                handler.end_headers()
+                handler.wfile.write(data)
+                return
             reply = self._next_reply(body)
             delay = reply.delay or self.latency
             if delay:

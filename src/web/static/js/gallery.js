@@ -40,7 +40,7 @@ function card(item, activeTag) {
         "p",
         { class: "gallery-meta" },
         flow.type ? h("span", { class: `badge badge-type type-${flow.type}` }, flow.type) : null,
-        h("span", {}, plural(item.messages?.length || 0, "message")),
+        h("span", {}, plural(item.message_count ?? item.messages?.length ?? 0, "message")),
         totals.answers ? h("span", {}, usd(totals.cost)) : null,
         h("time", { datetime: item.timestamp }, dateTime(item.timestamp)),
       ),
