@@ -95,7 +95,15 @@ def test_examples_endpoint_offers_valid_workflows_of_each_type(
 
     llm.responder = respond
     for example in body["data"]:
-        assert set(example) == {"name", "type", "description", "flow_config"}
+        assert set(example) == {
+            "name",
+            "type",
+            "description",
+            "flow_config",
+            "needs_sandbox",
+            "sandbox_available",
+        }
+        assert example["needs_sandbox"] == _has_key(example["flow_config"], "executor"), example["name"]
         assert example["name"] and example["description"]
         flow = example["flow_config"]
         assert flow["type"] == example["type"]

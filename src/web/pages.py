@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,13 @@ from flask.sansio.blueprints import BlueprintSetupState
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, ValidationError
 
+from ..execution import docker_available
+from ..execution.errors import ExecutionUnavailable
+from ..execution.local_executor import check_bwrap
+from ..execution.settings import ExecutionSettings
 from ..schemas.api import Envelope
 from ..schemas.workflow import AgentWorkFlowConfig, WorkflowType
+from .context import services
 from .errors import envelope
 
 log = logging.getLogger("autobots.web.pages")
@@ -47,6 +53,9 @@ class ExampleWorkflow(BaseModel):
     type: str
     description: str
     flow_config: dict[str, Any]
+    # Whether an agent runs code, and whether this server has the sandbox that code needs.
+    needs_sandbox: bool = False
+    sandbox_available: bool = True
 
 
 class ExamplesResponse(Envelope[list[ExampleWorkflow]]):
@@ -83,6 +92,47 @@ def load_examples(directory: Path = EXAMPLES_DIR) -> list[ExampleWorkflow]:
     return examples
 
 
+def _executors(value: Any) -> set[str]:
+    """The executors a workflow's code-running agents ask for ("" for the server's default)."""
+    if isinstance(value, dict):
+        found: set[str] = set()
+        config = value.get("config")
+        if isinstance(config, dict) and config.get("code_execution_config") not in (None, False):
+            code = config["code_execution_config"]
+            found.add(str(code.get("executor") or "") if isinstance(code, dict) else "")
+        for v in value.values():
+            found |= _executors(v)
+        return found
+    if isinstance(value, list):
+        return set().union(*(_executors(v) for v in value)) if value else set()
+    return set()
+
+
+_SANDBOX_CACHE: dict[tuple[int, str], tuple[float, bool]] = {}
+SANDBOX_CACHE_S = 60.0
+
+
+def sandbox_available(settings: ExecutionSettings, kind: str) -> bool:
+    """Whether executor `kind` ("" = the server's) can run here; remembered for a minute."""
+    kind = kind or settings.executor
+    key = (id(settings), kind)
+    cached = _SANDBOX_CACHE.get(key)
+    if cached and time.monotonic() - cached[0] < SANDBOX_CACHE_S:
+        return cached[1]
+    if kind == "unsafe-local":
+        ok = settings.allow_unsafe_local
+    else:
+        ok = kind == "docker" and docker_available(settings)
+        if not ok and (kind == "local" or settings.fallback_to_local):
+            try:
+                check_bwrap()
+                ok = True
+            except ExecutionUnavailable:
+                ok = False
+    _SANDBOX_CACHE[key] = (time.monotonic(), ok)
+    return ok
+
+
 def _runs_code(value: Any) -> bool:
     """Whether any agent of a workflow (members included) has code execution on."""
     if isinstance(value, dict):
@@ -97,6 +147,11 @@ def _runs_code(value: Any) -> bool:
 def examples() -> tuple[Response, int]:
     """Ready workflows, one or more per type, each with the `flow_config` to send."""
     found = load_examples()
+    settings = services().settings.code_execution
+    for example in found:
+        kinds = _executors(example.flow_config)
+        example.needs_sandbox = bool(kinds)
+        example.sandbox_available = all(sandbox_available(settings, k) for k in kinds)
     return envelope(True, f"{len(found)} example workflows", data=[e.model_dump(mode="json") for e in found])
 
 

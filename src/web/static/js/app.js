@@ -6,11 +6,11 @@ import { Auth } from "./auth.js";
 import { $, h, uuid4 } from "./dom.js";
 import { duration, plural, tokens, truncate, usd } from "./format.js";
 import { GalleryView, showPublished } from "./gallery.js";
-import { codeBlock } from "./markdown.js";
 import { assistantMessage, renderMessage, sessionTotals, userMessage, userMessageError } from "./messages.js";
 import { RunView, TERMINAL } from "./run.js";
 import { renderSessionList, sessionTitle } from "./sidebar.js";
-import { WorkflowPicker, describeFlow } from "./workflows.js";
+import { flowRunsCode } from "./transcript.js";
+import { WorkflowPicker, describeFlow, forgetGivenFlow, givenFlow, installWorkflowDialog, rememberGivenFlow } from "./workflows.js";
 
 const runKey = (sessionId) => `autobots.run.${sessionId}`;
 
@@ -153,6 +153,7 @@ async function deleteSession(session) {
   run?.cleanup();
   state.runs.delete(session.session_id);
   sessionStorage.removeItem(runKey(session.session_id));
+  forgetGivenFlow(session.session_id);
   toast(`Deleted “${title}”.`);
   if (state.current === session.session_id) {
     state.current = null;
@@ -271,8 +272,10 @@ async function openSession(sessionId, seq) {
   if (!matchMedia("(pointer: coarse)").matches) el.prompt.focus();
 }
 
+const answerCtx = () => ({ userId: state.userId, sessionId: state.current, runsCode: flowRunsCode(findSession(state.current)?.flow_config) });
+
 function renderThread() {
-  const ctx = { userId: state.userId, sessionId: state.current };
+  const ctx = answerCtx();
   el.thread.setAttribute("aria-busy", "true");
   const nodes = state.messages.map((m) => renderMessage(m, ctx));
   const run = state.runs.get(state.current);
@@ -317,7 +320,7 @@ function currentRun() {
 function makeRun(info) {
   const session = findSession(info.sessionId);
   const run = new RunView(
-    { ...info, userId: state.userId, author: session?.flow_config?.name },
+    { ...info, userId: state.userId, author: session?.flow_config?.name, flow: session ? givenFlow(session).flow : null },
     {
       onChange: (r) => {
         if (r.sessionId === state.current) updateComposer();
@@ -346,7 +349,7 @@ function finishRun(run, message) {
   if (run.sessionId === state.current && state.view === "chat" && message) {
     const hadFocus = run.el.contains(document.activeElement);
     state.messages.push(message);
-    run.el.replaceWith(assistantMessage(message, { userId: state.userId, sessionId: state.current }));
+    run.el.replaceWith(assistantMessage(message, answerCtx()));
     updateHeader();
     if (hadFocus) el.prompt.focus();
   }
@@ -482,6 +485,7 @@ async function startChat(text) {
     picker.showServerError(err.message);
     return;
   }
+  rememberGivenFlow(sessionId, chosen.flow);
   state.current = sessionId;
   state.messages = [];
   welcome.hidden = true;
@@ -611,22 +615,7 @@ $("#publish-form").addEventListener("submit", async (event) => {
   }
 });
 
-const workflowDialog = $("#workflow-dialog");
-el.showWorkflow.addEventListener("click", () => {
-  const session = findSession(state.current);
-  if (!session) return;
-  const text = JSON.stringify(session.flow_config, null, 2);
-  $("#workflow-dialog-title").textContent = session.flow_config?.name ? `Workflow: ${session.flow_config.name}` : "Workflow";
-  $("#workflow-view").replaceChildren(codeBlock(text, "json", { copy: false }));
-  workflowDialog.showModal();
-});
-$("#workflow-copy").addEventListener("click", async (event) => {
-  const session = findSession(state.current);
-  if (!session) return;
-  await navigator.clipboard?.writeText(JSON.stringify(session.flow_config, null, 2)).catch(() => {});
-  event.currentTarget.textContent = "Copied";
-  setTimeout(() => ($("#workflow-copy").textContent = "Copy JSON"), 1500);
-});
+installWorkflowDialog(() => findSession(state.current));
 for (const dialog of document.querySelectorAll("dialog")) {
   dialog.addEventListener("click", (event) => {
     // a click on the backdrop closes the dialog (except those asking who you are)

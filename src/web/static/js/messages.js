@@ -5,6 +5,7 @@ import { api } from "./api.js";
 import { avatar, copyText, h, icon } from "./dom.js";
 import { addDecimals, bytes, costString, dateTime, duration, plural, timeOfDay, tokens, usd } from "./format.js";
 import { renderMarkdown, renderPlain } from "./markdown.js";
+import { codeRunPanel, shownText, shownTurns } from "./transcript.js";
 
 const TEAM = "ab";
 
@@ -47,7 +48,7 @@ export function step(m) {
         usage ? h("span", { class: "step-usage", title: `${costString(usage)} USD` }, `${tokens(usage.total_tokens)} · ${usd(costString(usage))}`) : null,
         time(m.timestamp),
       ),
-      String(m.content ?? "").trim() ? renderMarkdown(m.content, "step-body") : h("p", { class: "step-body step-empty" }, "(empty message)"),
+      shownText(m.content).trim() ? renderMarkdown(shownText(m.content), "step-body") : h("p", { class: "step-body step-empty" }, "(empty message)"),
     ),
   );
 }
@@ -136,8 +137,9 @@ export function statusBadges(meta) {
 }
 
 /** The conversation the agents had, folded under the answer. */
-export function stepsDisclosure(steps, { open = false } = {}) {
-  if (!steps?.length) return null;
+export function stepsDisclosure(messages, { open = false } = {}) {
+  const steps = shownTurns(messages);
+  if (!steps.length) return null;
   const details = h(
     "details",
     { class: "steps-details" },
@@ -148,7 +150,7 @@ export function stepsDisclosure(steps, { open = false } = {}) {
   return details;
 }
 
-/** The team's answer. ctx: {userId, sessionId, readOnly}. */
+/** The team's answer. ctx: {userId, sessionId, readOnly, runsCode}. */
 export function assistantMessage(msg, ctx = {}) {
   const meta = msg.metadata || {};
   const author = meta.workflow?.name || "Agents";
@@ -156,7 +158,7 @@ export function assistantMessage(msg, ctx = {}) {
     "article",
     { class: "msg msg-assistant", "data-msg-id": msg.msg_id || null, "aria-label": `${author} answered` },
     h("div", { class: "msg-head" }, avatar(TEAM, "team"), h("span", { class: "msg-author" }, author), statusBadges(meta), time(msg.timestamp)),
-    h("div", { class: "msg-body" }, renderMarkdown(msg.content), filesList(meta.files, ctx), stepsDisclosure(meta.messages)),
+    h("div", { class: "msg-body" }, renderMarkdown(msg.content), codeRunPanel(meta.messages, ctx.runsCode), filesList(meta.files, ctx), stepsDisclosure(meta.messages)),
     usageFooter(meta, msg.content),
   );
 }

@@ -5,7 +5,9 @@ import { api } from "./api.js";
 import { avatar, h, icon } from "./dom.js";
 import { addDecimals, costString, duration, plural, tokens, usd } from "./format.js";
 import { codeBlock, renderPlain } from "./markdown.js";
+import { Activity } from "./activity.js";
 import { step } from "./messages.js";
+import { isShownTurn } from "./transcript.js";
 
 export const TERMINAL = new Set(["completed", "failed", "cancelled", "interrupted"]);
 
@@ -29,7 +31,7 @@ export class RunView {
    * hooks: onFinal(message), onEnd(status), onChange(run) (status or input prompt changed),
    *        onInputRequest(run, {prompt, agent})
    */
-  constructor({ runId, sessionId, userId, author, startedAt, status = "queued" }, hooks) {
+  constructor({ runId, sessionId, userId, author, flow, startedAt, status = "queued" }, hooks) {
     this.runId = runId;
     this.sessionId = sessionId;
     this.userId = userId;
@@ -54,11 +56,12 @@ export class RunView {
     this.typingLabel = h("span", { class: "typing-label" }, "The agents are working…");
     this.typing = h("div", { class: "typing", role: "status" }, h("span", { class: "dots", "aria-hidden": "true" }, h("i"), h("i"), h("i")), this.typingLabel);
     this.errorBox = h("div", { class: "run-error", role: "alert", hidden: true });
+    this.activity = new Activity(flow);
     this.el = h(
       "article",
       { class: "msg msg-assistant live", "aria-label": `${author || "Agents"} are answering`, "aria-busy": "true", "data-run-id": runId },
       h("div", { class: "msg-head" }, avatar("ab", "team"), h("span", { class: "msg-author" }, author || "Agents"), this.pill, this.elapsed),
-      h("div", { class: "msg-body" }, this.steps, this.typing, this.errorBox),
+      h("div", { class: "msg-body" }, this.steps, this.typing, this.activity.el, this.errorBox),
       h("footer", { class: "msg-foot" }, this.usageLine),
     );
     this.tick = setInterval(() => this.renderElapsed(), 1000);
@@ -156,12 +159,20 @@ export class RunView {
   on_message(m) {
     this.finishStream(m.sender);
     this.finishStream(STREAM_ANON);
-    this.steps.append(step(m));
+    const { handover } = this.activity.message(m);
+    if (!isShownTurn(m)) return; // an empty turn or a bare TERMINATE: kept in the data, not shown
+    const el = step(m);
+    if (handover) {
+      el.classList.add("step-handover");
+      el.querySelector(".step-head")?.append(h("span", { class: "badge handover-badge" }, "hand-over summary"));
+    }
+    this.steps.append(el);
     this.hooks.onChange?.(this);
   }
 
   on_token({ agent: speaker, delta }) {
     const agent = speaker || STREAM_ANON;
+    this.activity.token(speaker);
     let stream = this.streams.get(agent);
     if (!stream) {
       const body = renderPlain("", "step-body streaming");
@@ -189,6 +200,7 @@ export class RunView {
   }
 
   on_llm_call(call) {
+    this.activity.llmCall();
     this.calls += 1;
     this.tokens += Number(call.total_tokens) || 0;
     this.costs.push(costString(call));
@@ -202,6 +214,7 @@ export class RunView {
   }
 
   on_code_execution_start({ language, code }) {
+    this.activity.codeRunning(language);
     const output = h("div", { class: "exec-output pending" }, h("span", { class: "dots small", "aria-hidden": "true" }, h("i"), h("i"), h("i")), " Running…");
     const title = h("span", {}, `Running ${language || "code"}…`);
     const el = h(
@@ -334,11 +347,13 @@ export class RunView {
   renderElapsed() {
     const seconds = Math.max(0, (Date.now() - this.startedAt.getTime()) / 1000);
     this.elapsed.textContent = seconds >= 1 ? duration(Math.floor(seconds)) : "";
+    this.activity?.tick(seconds, this.status);
   }
 
   cleanup() {
     this.close();
     clearInterval(this.tick);
+    this.activity.done();
     this.typing.hidden = true;
     this.el.setAttribute("aria-busy", "false");
     for (const stream of this.streams.values()) stream.el.removeAttribute("aria-busy");

@@ -11,6 +11,25 @@ export function sessionTitle(session) {
   return at ? `${flow} · ${at}` : flow;
 }
 
+/** Titles that tell chats apart: a repeated first question gets its time, then a number. */
+export function distinctTitles(sessions) {
+  const count = (titles) => titles.reduce((m, t) => m.set(t, (m.get(t) || 0) + 1), new Map());
+  let titles = sessions.map(sessionTitle);
+  const base = count(titles);
+  titles = titles.map((t, i) => {
+    const at = timeOfDay(sessions[i].timestamp);
+    return base.get(t) > 1 && at ? `${t} · ${at}` : t;
+  });
+  const timed = count(titles);
+  const seen = new Map();
+  return titles.map((t) => {
+    if (timed.get(t) < 2) return t;
+    const n = (seen.get(t) || 0) + 1;
+    seen.set(t, n);
+    return n === 1 ? t : `${t} (${n})`;
+  });
+}
+
 /**
  * sessions: newest first. running: Set of session ids with a live run.
  * onDelete(session) is called when a delete button is pressed.
@@ -25,6 +44,7 @@ export function renderSessionList({ sessions, current, running, error, onDelete 
     root.replaceChildren(h("p", { class: "sidebar-note" }, "No chats yet. Start one with New chat."));
     return;
   }
+  const titles = new Map(distinctTitles(sessions).map((t, i) => [sessions[i].session_id, t]));
   const groups = new Map();
   for (const s of sessions) {
     const label = dayGroup(s.timestamp);
@@ -40,7 +60,7 @@ export function renderSessionList({ sessions, current, running, error, onDelete 
         "ul",
         { class: "session-items", "aria-labelledby": id },
         items.map((s) => {
-          const title = sessionTitle(s);
+          const title = titles.get(s.session_id);
           const isCurrent = s.session_id === current;
           const isRunning = running.has(s.session_id);
           const del = h("button", { type: "button", class: "icon-btn small session-delete", "aria-label": `Delete chat “${title}”`, title: "Delete chat" }, icon("trash"));

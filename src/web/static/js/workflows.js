@@ -2,7 +2,8 @@
 // uploaded), checked here first so a typo is caught before anything is sent. The server checks
 // everything again, and its 400 message (which names the field) is shown in the same place.
 
-import { h } from "./dom.js";
+import { $, h } from "./dom.js";
+import { codeBlock } from "./markdown.js";
 
 export const TYPES = ["autonomous", "sequential", "groupchat"];
 const TYPE_HELP = {
@@ -210,7 +211,7 @@ export class WorkflowPicker {
   }
 
   render() {
-    const cards = this.examples.map((ex) => this.card(ex.name, ex.name, ex.type, ex.description));
+    const cards = this.examples.map((ex) => this.card(ex.name, ex.name, ex.type, ex.description, sandboxNote(ex)));
     cards.push(this.card(CUSTOM, "Your own workflow", "JSON", "Paste or upload a workflow config (flow_config)."));
     const children = [
       h("legend", {}, "Choose a team of agents"),
@@ -222,7 +223,7 @@ export class WorkflowPicker {
     this.el.replaceChildren(...children.filter(Boolean));
   }
 
-  card(value, title, type, description) {
+  card(value, title, type, description, note = null) {
     const id = `wf-${value === CUSTOM ? "custom" : slug(value)}`;
     const input = h("input", { type: "radio", name: "workflow", id, value, class: "visually-hidden" });
     input.checked = this.choice === value;
@@ -244,6 +245,7 @@ export class WorkflowPicker {
       input,
       h("span", { class: "picker-card-top" }, h("span", { class: "picker-name" }, title), h("span", { class: `badge badge-type type-${type.toLowerCase()}` }, type)),
       h("span", { class: "picker-desc" }, description || TYPE_HELP[type] || ""),
+      note ? h("span", { class: "picker-note" }, note) : null,
     );
   }
 
@@ -338,4 +340,57 @@ function safeParse(text) {
   } catch {
     return null;
   }
+}
+
+/** A short note on an example that runs code in a sandbox this server lacks. */
+function sandboxNote(example) {
+  return example.needs_sandbox && example.sandbox_available === false ? "Needs a code sandbox this server does not have: its code would not run." : null;
+}
+
+// The workflow as the person gave it (the server returns it with every default filled in) ---
+
+const GIVEN_KEY = (sessionId) => `autobots.flow.${sessionId}`;
+
+export function rememberGivenFlow(sessionId, flow) {
+  try {
+    localStorage.setItem(GIVEN_KEY(sessionId), JSON.stringify(flow));
+  } catch {
+    // storage full or off: the dialog shows the server's copy
+  }
+}
+
+export function forgetGivenFlow(sessionId) {
+  localStorage.removeItem(GIVEN_KEY(sessionId));
+}
+
+/** {flow, given}: the JSON as pasted or chosen, or the server's copy (with defaults) if unknown. */
+export function givenFlow(session) {
+  try {
+    const text = localStorage.getItem(GIVEN_KEY(session.session_id));
+    if (text) return { flow: JSON.parse(text), given: true };
+  } catch {
+    // fall through to the server's copy
+  }
+  return { flow: session.flow_config, given: false };
+}
+
+/** The "Workflow" dialog of a chat and its "Copy JSON": the workflow as given. */
+export function installWorkflowDialog(currentSession) {
+  const dialog = $("#workflow-dialog");
+  const copy = $("#workflow-copy");
+  $("#show-workflow").addEventListener("click", () => {
+    const session = currentSession();
+    if (!session) return;
+    const { flow, given } = givenFlow(session);
+    $("#workflow-dialog-title").textContent = `${flow?.name ? `Workflow: ${flow.name}` : "Workflow"}${given ? "" : " (as stored, defaults filled in)"}`;
+    $("#workflow-view").replaceChildren(codeBlock(JSON.stringify(flow, null, 2), "json", { copy: false }));
+    dialog.showModal();
+  });
+  copy.addEventListener("click", async () => {
+    const session = currentSession();
+    if (!session) return;
+    await navigator.clipboard?.writeText(JSON.stringify(givenFlow(session).flow, null, 2)).catch(() => {});
+    copy.textContent = "Copied";
+    setTimeout(() => (copy.textContent = "Copy JSON"), 1500);
+  });
 }
