@@ -85,3 +85,24 @@ def test_cors_is_off_unless_an_origin_is_named(server: RunningServer, cors_serve
         cors_server.url + "/api/health", headers={"Origin": "https://evil.example.net"}, timeout=30
     )
     assert "Access-Control-Allow-Origin" not in other.headers and other.status_code == 200
+
+
+def test_a_loopback_server_without_sign_in_answers_only_loopback_hosts(
+    server: RunningServer, user_id: str
+) -> None:
+    """DNS rebinding: a page on attacker.example re-pointed at 127.0.0.1 sends its own Host."""
+    port = server.url.rsplit(":", 1)[1]
+    for host in (f"attacker.example:{port}", "attacker.example"):
+        r = requests.get(
+            f"{server.url}/api/sessions", params={"user_id": user_id}, headers={"Host": host}, timeout=30
+        )
+        assert r.status_code == 400 and r.json()["status"] is False, (host, r.text)
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}"):
+        r = requests.get(
+            f"{server.url}/api/sessions", params={"user_id": user_id}, headers={"Host": host}, timeout=30
+        )
+        assert r.status_code == 200, (host, r.text)
+    refused = requests.get(
+        f"{server.url}/api/runs/x/events", headers={"Host": "attacker.example"}, timeout=30
+    )
+    assert refused.status_code == 400

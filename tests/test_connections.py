@@ -77,10 +77,10 @@ def test_idle_listeners_and_slow_headers_do_not_starve_the_server(
         time.sleep(0.05)
     before = server_side_connections(busy)
     stream = (
-        f"GET /api/runs/{run_id}/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode()
+        f"GET /api/runs/{run_id}/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode()
     )
     listeners = [connect(busy, stream) for _ in range(LISTENERS)]
-    slow = [connect(busy, b"GET /api/health HTTP/1.1\r\nHost: x\r\n") for _ in range(SLOW_HEADERS)]
+    slow = [connect(busy, b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n") for _ in range(SLOW_HEADERS)]
     try:
         # Every listener is really being served (it got its stream's first bytes).
         for sock in listeners[:: LISTENERS // 20]:

@@ -9,6 +9,7 @@ from flask.json.provider import DefaultJSONProvider
 from flask_openapi3 import Info, OpenAPI
 
 from .. import __version__
+from ..auth.settings import AuthMode
 from ..services.core import build_services
 from ..settings import Settings, load_settings
 from . import apidoc, limits, pages, security
@@ -31,6 +32,11 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         doc_ui=False,
     )
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    if settings.auth.mode is AuthMode.NONE and settings.host in ("127.0.0.1", "localhost"):
+        # A loopback server without sign-in answers only requests addressed to loopback: a web
+        # page whose domain an attacker re-points at 127.0.0.1 (DNS rebinding) sends its own Host
+        # and gets a 400, so it cannot read or change anyone's data.
+        app.config["TRUSTED_HOSTS"] = ["127.0.0.1", "localhost"]
     # Flask types app.json as the JSONProvider interface; the app keeps the default provider.
     cast(DefaultJSONProvider, app.json).sort_keys = False
 

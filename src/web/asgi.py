@@ -145,6 +145,8 @@ class Front:
         app = self.app
         with app.request_context(environ):
             try:
+                if request.routing_exception is not None:  # e.g. a Host the app does not trust
+                    raise request.routing_exception
                 early = app.preprocess_request()
                 if early is not None:
                     return app.process_response(app.make_response(early)), None, 0, []
