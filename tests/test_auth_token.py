@@ -90,6 +90,10 @@ def test_without_credentials_only_the_page_health_and_gallery_answer(team: Team)
         ("GET", "/api/sessions/x/files/a.txt"),
         ("GET", "/api/me"),
         ("GET", "/api/examples"),
+        ("DELETE", "/api/gallery/x"),
+        ("GET", "/api/credentials"),
+        ("POST", "/api/credentials"),
+        ("DELETE", "/api/credentials/x"),
     ]
     for method, path in protected:
         r = team.call(method, path, json={})

@@ -13,6 +13,7 @@ import requests
 
 from tests.conftest import SERVER_KEY
 from tests.support import workflows as wf
+from tests.support.auth import create_key
 from tests.support.redis_db import RATE_LIMIT_DB, redis_url
 from tests.support.scripted_llm import Reply, ScriptedLLM
 from tests.support.server import RunningServer, start_server
@@ -161,6 +162,20 @@ def guarded(llm_server: ScriptedLLM, tmp_path_factory: pytest.TempPathFactory) -
     srv = start_server(tmp_path_factory.mktemp("guarded"), env=env)
     yield srv
     srv.stop()
+
+
+def test_a_signed_in_users_requests_are_counted_per_user(guarded: RunningServer, tmp_path) -> None:
+    key = create_key(guarded.db_path.parent, "counted@example.com")
+    other = create_key(guarded.db_path.parent, "other@example.com")
+    codes = [
+        requests.get(
+            guarded.url + "/api/sessions", headers={"Authorization": f"Bearer {key}"}, timeout=30
+        ).status_code
+        for _ in range(6)
+    ]
+    assert codes == [200] * 5 + [429]
+    ok = requests.get(guarded.url + "/api/sessions", headers={"Authorization": f"Bearer {other}"}, timeout=30)
+    assert ok.status_code == 200
 
 
 def test_failed_sign_ins_are_rate_limited_too(guarded: RunningServer) -> None:
