@@ -473,3 +473,24 @@ def test_an_endpoint_that_answers_no_chat_completion_is_a_502(server, llm, user_
         assert r.status_code == 502, r.text
         assert "not an OpenAI chat completion" in r.json()["message"]
     llm.raw_reply = None
+
+
+def test_every_spelling_of_this_server_is_refused(server, llm, user_id):
+    """127.0.0.1 has many names; none of them lets a workflow call the server's own API."""
+    port = server.url.rsplit(":", 1)[1]
+    spellings = [
+        f"http://2130706433:{port}/v1",
+        f"http://0x7f000001:{port}/v1",
+        f"http://0177.0.0.1:{port}/v1",
+        f"http://127.1:{port}/v1",
+        f"http://[::ffff:127.0.0.1]:{port}/v1",
+        f"http://LOCALHOST:{port}/v1",
+        f"http://localhost.:{port}/v1",
+        f"http://0.0.0.0:{port}/v1",
+        f"http://127.0.0.1:{port}/api/messages/delete?",
+    ]
+    for url in spellings:
+        body = {"message": wf.message(user_id, "call yourself"), "flow_config": flow_with({"base_url": url})}
+        r = server.post("/api/messages", body)
+        assert r.status_code == 400, (url, r.status_code, r.text)
+    assert server.get("/api/sessions", user_id=user_id).json()["data"] == []
