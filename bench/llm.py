@@ -1,6 +1,7 @@
 """Benchmark of the embedded default model: load, prompt/generation speed, an AutoGen chat.
 
 Run:  python bench/llm.py [--model embedded:qwen2.5-coder-1.5b] [--runs 3]
+      python bench/llm.py --contended [--thread-policy adaptive|spin|sleep] [--runs 3]
 
 What it measures, and why this way:
 
@@ -27,6 +28,12 @@ What it measures, and why this way:
   chat with these agents on a fresh server, "warm" a second chat with another task, whose
   system prompts the server's prompt cache already holds (the steady state of a running
   autobots server, where agents' system prompts repeat across chats).
+* **Contended** (``--contended``, instead of the above): generated tokens/s through the
+  managed server (streaming, as above) first on the idle machine, then with one busy
+  process per core beside it (``python -c "while True: pass"``, started by the bench and
+  always killed at the end), against the goal: contended at least 80% of the fair share
+  (cores / (cores + busy processes)) of the idle figure.  Medians of ``--runs`` runs each,
+  after one warm-up; the server's thread report (``/autobots/health``) is printed after each.
 * **Machine noise**: this bench runs on shared 2-core machines; the share of CPU time used
   by other processes during each phase is printed so a slow figure can be told apart from
   a busy machine.
@@ -244,6 +251,108 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
 
 
+CONTENDED_GOAL = 0.80  # of the fair share of the idle figure
+
+
+def _thread_report(endpoint: Any, model: str) -> str:
+    import urllib.request
+
+    root = endpoint.base_url.rstrip("/").removesuffix("/v1")
+    with urllib.request.urlopen(f"{root}/autobots/health", timeout=10) as response:
+        health = json.loads(response.read())
+    return json.dumps(health.get("threads", {}).get(model))
+
+
+def contended(args: argparse.Namespace) -> int:
+    """Idle vs contended generated tokens/s through the managed server (see the module doc)."""
+    import subprocess
+
+    import autogen
+    import openai
+
+    from autobots.llm.embedded import EmbeddedSettings, embedded_endpoint, shutdown
+
+    model = args.model or EmbeddedSettings().default_model
+    overrides: dict[str, Any] = {} if args.thread_policy is None else {"thread_policy": args.thread_policy}
+    settings = EmbeddedSettings(
+        default_model=model,
+        models=[model],
+        n_threads=args.threads,
+        server_dir=tempfile.mkdtemp(prefix="autobots-bench-server-"),
+        **overrides,
+    )
+    cores = len(os.sched_getaffinity(0))
+    busy_count = cores
+    fair = cores / (cores + busy_count)
+    print(
+        f"goal: with {busy_count} busy processes beside it, generated tokens/s at least "
+        f"{CONTENDED_GOAL:.0%} of the fair share ({fair:.2f}) of the idle figure"
+    )
+    print(
+        f"model {model}; thread_policy {settings.thread_policy}; up to {settings.threads()} threads; "
+        f"{cores} cores; {args.runs} runs of {args.max_tokens} tokens each side"
+    )
+    system_prompt = autogen.AssistantAgent.DEFAULT_SYSTEM_MESSAGE
+    busy: list[subprocess.Popen[bytes]] = []
+    idle: list[Run] = []
+    loaded: list[Run] = []
+    try:
+        endpoint = embedded_endpoint(model, settings)
+        client = openai.OpenAI(
+            base_url=endpoint.base_url, api_key=endpoint.api_key, max_retries=0, timeout=900
+        )
+        run_server(client, model, _messages(system_prompt, uuid.uuid4().hex[:12]), 16)  # warm-up
+        for i in range(args.runs):
+            share = wait_for_quiet(args.quiet_wait)
+            idle.append(
+                run_server(client, model, _messages(system_prompt, uuid.uuid4().hex[:12]), args.max_tokens)
+            )
+            print(
+                f"  idle run {i + 1}: generated {idle[-1].completion_tokens} tok {idle[-1].gen_tps:6.2f} tok/s, "
+                f"prompt {idle[-1].prompt_tps:6.1f} tok/s  (others used {share:.0%} of the CPUs just before)"
+            )
+        print(f"  threads after the idle runs: {_thread_report(endpoint, model)}")
+        wait_for_quiet(args.quiet_wait)
+        busy = [
+            subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
+            for _ in range(busy_count)
+        ]
+        time.sleep(1.0)
+        for i in range(args.runs):
+            loaded.append(
+                run_server(client, model, _messages(system_prompt, uuid.uuid4().hex[:12]), args.max_tokens)
+            )
+            print(
+                f"  contended run {i + 1}: generated {loaded[-1].completion_tokens} tok "
+                f"{loaded[-1].gen_tps:6.2f} tok/s, prompt {loaded[-1].prompt_tps:6.1f} tok/s"
+            )
+        print(f"  threads after the contended runs: {_thread_report(endpoint, model)}")
+    finally:
+        for process in busy:
+            process.kill()
+        for process in busy:
+            process.wait()
+        shutdown()
+    idle_tps = _median([r.gen_tps for r in idle])
+    loaded_tps = _median([r.gen_tps for r in loaded])
+    ratio = loaded_tps / idle_tps if idle_tps > 0 else 0.0
+    print()
+    print(
+        f"generated tok/s idle      {idle_tps:7.2f}   (median; prompt {_median([r.prompt_tps for r in idle]):.1f} tok/s)"
+    )
+    print(
+        f"generated tok/s contended {loaded_tps:7.2f}   (median; prompt {_median([r.prompt_tps for r in loaded]):.1f} tok/s)"
+        f"  with {busy_count} busy processes"
+    )
+    print(f"fair share {fair:.2f} of idle = {fair * idle_tps:.2f} tok/s; contended/idle {ratio:.2f}")
+    verdict = "MET" if ratio >= CONTENDED_GOAL * fair else "NOT MET"
+    print(
+        f"goal: contended >= {CONTENDED_GOAL:.0%} of the fair share "
+        f"({ratio / fair:.0%} of it) ............... {verdict}"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="embedded model (default: the settings' default)")
@@ -252,12 +361,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chat-max-tokens", type=int, default=160, help="cap per reply in the chat")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument(
+        "--contended",
+        action="store_true",
+        help="measure generated tokens/s through the server idle and beside one busy process per core",
+    )
+    parser.add_argument(
+        "--thread-policy",
+        choices=("adaptive", "spin", "sleep"),
+        default=None,
+        help="the server's embedded.thread_policy (default: the settings' default)",
+    )
+    parser.add_argument(
         "--quiet-wait",
         type=float,
         default=120,
         help="seconds to wait before each measurement for other processes to leave the CPUs idle",
     )
     args = parser.parse_args(argv)
+    if args.contended:
+        return contended(args)
 
     import autogen
     import llama_cpp

@@ -42,6 +42,10 @@ entry point are wrong for a server shared by several AutoGen agents and processe
 11. Models are loaded on first use, and only from a file of the expected size: the parent
    prepares (assembles, verifies) each model's weights when it is first asked for, so
    offering a model costs nothing until somebody uses it.
+12. The stock server runs a fixed number of llama.cpp threads that spin while waiting for
+   each other, which collapses on a busy machine; here ``thread_policy`` applies (the
+   ``_threads`` module next to this file, loaded by path, chooses the count before each
+   evaluation), and ``/autobots/health`` reports the count llama.cpp holds.
 """
 
 import argparse
@@ -156,6 +160,8 @@ def _make_llama_class() -> type:
     class MeteredLlama(llama_cpp.Llama):
         last_usage: tuple[int, int] = (0, 0)
         cancel: threading.Event | None = None
+        # Sets the thread count before each evaluation (see _threads.py); None: as loaded.
+        governor: Any = None
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -186,6 +192,8 @@ def _make_llama_class() -> type:
                     self.stats["cancelled"] += 1
                     raise GenerationCancelled("the client went away")
                 batch = tokens[i : i + step]
+                if self.governor is not None:
+                    self.governor.before_eval(self.ctx)
                 super().eval(batch)
                 if self._reading_prompt:
                     self.stats["prompt_tokens_evaluated"] += len(batch)
@@ -257,7 +265,8 @@ class ResidentModels:
     generation; the threading lock additionally covers the startup preload and health reads.
     """
 
-    def __init__(self, models: list[dict[str, Any]]) -> None:
+    def __init__(self, models: list[dict[str, Any]], threads: Any) -> None:
+        self._threads = threads  # the _threads module, loaded by path
         self._specs = {m["alias"]: m for m in models}
         self._default = models[0]["alias"]
         self._loaded: dict[str, Any] = {}
@@ -336,6 +345,7 @@ class ResidentModels:
             raise RuntimeError(f"{spec['path']} has no chat template in its GGUF metadata")
         if spec["cache_bytes"] > 0:
             llama.set_cache(llama_cpp.LlamaRAMCache(capacity_bytes=spec["cache_bytes"]))
+        llama.governor = self._threads.ThreadGovernor(spec["thread_policy"], spec["n_threads"])
         return llama
 
     def status(self) -> dict[str, Any]:
@@ -344,6 +354,7 @@ class ResidentModels:
                 "models": list(self._specs),
                 "loaded": dict(self._chat_formats),
                 "stats": {alias: dict(llama.stats) for alias, llama in self._loaded.items()},
+                "threads": {alias: llama.governor.status(llama.ctx) for alias, llama in self._loaded.items()},
             }
 
     def close(self) -> None:
@@ -636,6 +647,20 @@ def _watch_clients(config: dict[str, Any], stop: threading.Event, server_box: li
         stop.wait(1.0)
 
 
+def _load_sibling(name: str) -> Any:
+    """A module next to this file, loaded by path: this process cannot import autobots."""
+    import importlib.util
+
+    path = Path(__file__).resolve().with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_autobots_embedded_{name}", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="autobots managed llama.cpp server")
     parser.add_argument("--config", required=True, type=Path)
@@ -655,9 +680,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     watchdog.start()
 
+    threads = _load_sibling("_threads")
+    # Before anything loads llama.cpp: OpenMP reads its wait policy once, when it is loaded.
+    threads.configure_process(config["models"][0]["thread_policy"])
+
     import uvicorn
 
-    models = ResidentModels(config["models"])
+    models = ResidentModels(config["models"], threads)
     try:
         for alias in config["preload"]:
             models.load(alias)

@@ -294,6 +294,7 @@ def _start_server(model: str, settings: EmbeddedSettings, state_dir: Path) -> _A
                 "n_ctx": settings.n_ctx(alias),
                 "n_batch": settings.n_batch,
                 "n_threads": settings.threads(),
+                "thread_policy": settings.thread_policy,
                 "cache_bytes": settings.prompt_cache_mb * 1024 * 1024,
             }
             for alias in order

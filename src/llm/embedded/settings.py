@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -25,7 +26,14 @@ class EmbeddedSettings(BaseModel):
     # directory share one server.  Default: "<cache_dir>/server".  Tests and benchmarks
     # point it elsewhere to get a private server while reusing the assembled weights.
     server_dir: str | None = None
+    # llama.cpp threads: the most it uses (default: the cores this process may run on).
     n_threads: int | None = Field(default=None, ge=1)
+    # How those threads share a busy machine (see _threads.py): "adaptive" runs as many as
+    # the cores other processes leave free, re-measured before each token or prompt batch
+    # (idle speed when idle, a fair share when not); "spin" always runs n_threads spinning
+    # threads (llama.cpp's default: fastest idle, collapses beside busy processes); "sleep"
+    # always runs n_threads threads that sleep while waiting (steady, ~30% slower idle).
+    thread_policy: Literal["adaptive", "spin", "sleep"] = "adaptive"
     startup_timeout_s: float = Field(default=300, gt=0)
     # Per call to the embedded model, when the agent sets no timeout: calls queue one at a time
     # behind other agents' replies on the CPU, so they get longer than remote endpoints.
