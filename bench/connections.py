@@ -68,7 +68,9 @@ def main() -> None:
         idle = timed(srv.url + "/api/health", args.n)
         stream = f"GET /api/runs/{run_id}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
         socks = [connect(srv.url, stream) for _ in range(args.listeners)]
-        socks += [connect(srv.url, b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n") for _ in range(args.slow)]
+        socks += [
+            connect(srv.url, b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n") for _ in range(args.slow)
+        ]
         time.sleep(1)
         held = server_side_connections(srv)
         busy = timed(srv.url + "/api/health", args.n)

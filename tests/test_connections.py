@@ -76,9 +76,7 @@ def test_idle_listeners_and_slow_headers_do_not_starve_the_server(
         assert time.monotonic() < deadline
         time.sleep(0.05)
     before = server_side_connections(busy)
-    stream = (
-        f"GET /api/runs/{run_id}/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode()
-    )
+    stream = f"GET /api/runs/{run_id}/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode()
     listeners = [connect(busy, stream) for _ in range(LISTENERS)]
     slow = [connect(busy, b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n") for _ in range(SLOW_HEADERS)]
     try:
