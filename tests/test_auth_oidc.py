@@ -191,6 +191,9 @@ def oidc_env(llm_server: Any, issuer: str, **extra: str) -> dict[str, str]:
         "AUTOBOTS_AUTH__MODE": "oidc",
         "AUTOBOTS_AUTH__OIDC__ISSUER": issuer,
         "AUTOBOTS_AUTH__OIDC__AUDIENCE": AUDIENCE,
+        # These tests send floods of bad tokens from one address on purpose (the JWKS refetch
+        # limit): the request rate limit, which counts failed sign-ins, would answer 429 first.
+        "AUTOBOTS_LIMITS__PER_USER__REQUESTS_PER_MINUTE": "0",
         **extra,
     }
 

@@ -301,8 +301,11 @@ def test_switch_sessions_while_a_run_goes_on(chat: ChatPage, llm: ScriptedLLM, s
     assert page.locator(".session-item.current").get_attribute("data-session-id") == other
     assert page.locator(f".session-item[data-session-id='{running_id}'] .running-dot").count() == 1
     page.locator(f".session-item[data-session-id='{running_id}'] .session-link").click()
+    chat.wait_for_hash(f"#/chat/{running_id}")
+    page.locator("article.msg-user", has_text="a slow one").wait_for()
     chat.wait_for_answer()
-    assert "Slow answer." in chat.answers().first.inner_text()
+    chat.answers().filter(has_text="Slow answer.").first.wait_for()
+    assert "older question" not in page.locator("#thread").inner_text()
 
 
 def test_reloading_during_a_run_picks_the_stream_up_again(chat: ChatPage, llm: ScriptedLLM) -> None:

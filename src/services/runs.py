@@ -268,8 +268,12 @@ class RunManager:
         stored["input_prompt"] = stored["input_prompt_id"] = None
         if live is not None:
             with live.changed:
-                stored["status"] = live.status
-                stored["input_prompt"], stored["input_prompt_id"] = live.input_prompt, live.prompt_id
+                status, concluded = live.status, live.concluded
+                prompt, prompt_id = live.input_prompt, live.prompt_id
+            if concluded:  # ended since the row was read: its error, usage and end are stored now
+                stored = {**self._owned(user_id, run_id), "input_prompt": None, "input_prompt_id": None}
+            stored["status"] = status
+            stored["input_prompt"], stored["input_prompt_id"] = prompt, prompt_id
             recorder = live.control.recorder
             if recorder is not None and stored["usage"] is None:
                 stored["usage"] = recorder.summary()
