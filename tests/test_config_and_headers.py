@@ -106,3 +106,17 @@ def test_a_loopback_server_without_sign_in_answers_only_loopback_hosts(
         f"{server.url}/api/runs/x/events", headers={"Host": "attacker.example"}, timeout=30
     )
     assert refused.status_code == 400
+
+
+def test_the_sign_in_cookie_can_be_marked_secure_behind_a_tls_proxy(tmp_path) -> None:
+    from tests.support.auth import create_key
+
+    key = create_key(tmp_path, "proxied@example.com")
+    srv = start_server(tmp_path, env={"AUTOBOTS_AUTH__MODE": "token", "AUTOBOTS_AUTH__COOKIE_SECURE": "true"})
+    try:
+        r = requests.post(
+            srv.url + "/api/auth/session", headers={"Authorization": f"Bearer {key}"}, timeout=30
+        )
+        assert r.status_code == 200 and "; secure" in r.headers["Set-Cookie"].lower()
+    finally:
+        srv.stop()

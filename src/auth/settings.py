@@ -63,6 +63,9 @@ class AuthSettings(BaseModel):
     # The chat page's sign-in cookie: how long it lasts (an OIDC sign-in never outlives its token).
     session_ttl_s: float = Field(43_200, gt=0, le=30 * 86_400)
     cookie_name: str = "autobots_session"
+    # Whether the cookie is marked Secure (HTTPS only). null: when the request itself came over
+    # HTTPS. Behind a proxy that ends TLS (the server sees plain HTTP), set it to true.
+    cookie_secure: bool | None = None
 
     @model_validator(mode="after")
     def _oidc_complete(self) -> AuthSettings:

@@ -90,7 +90,9 @@ def sign_in() -> tuple[Response, int]:
         max_age=max(1, int((expires - datetime.now(UTC)).total_seconds())),
         httponly=True,
         samesite="Strict",
-        secure=request.is_secure,
+        secure=request.is_secure
+        if identity.settings.cookie_secure is None
+        else identity.settings.cookie_secure,
         path="/",
     )
     return response, code
