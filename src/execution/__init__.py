@@ -15,6 +15,7 @@ from .request import ExecutionRequest
 from .settings import ExecutionSettings
 from .workdir import (
     FileInfo,
+    existing_session_dir,
     is_owner_dir_name,
     open_session_file,
     owner_dir_name,
@@ -35,6 +36,7 @@ __all__ = [
     "SandboxExecutor",
     "UnsafeLocalExecutor",
     "docker_available",
+    "existing_session_dir",
     "is_owner_dir_name",
     "open_executor",
     "open_session_file",

@@ -274,7 +274,10 @@ def list_workdir_files(path: Path, sub_dir: str | None = None) -> list[FileInfo]
     return sorted(files, key=lambda f: f.name)
 
 
-def _session_dir_if_exists(settings: ExecutionSettings, session_id: str, owner: str | None) -> Path | None:
+def existing_session_dir(
+    settings: ExecutionSettings, session_id: str, owner: str | None = None
+) -> Path | None:
+    """A session's work dir if it exists and is a real directory (never created here)."""
     try:
         path = _session_path(settings, session_id, owner)
     except ValueError:
@@ -296,7 +299,7 @@ def resolve_session_file(
     symlink between this check and the caller's open(); callers that serve file
     contents should prefer :func:`open_session_file`, which has no such window.
     """
-    base = _session_dir_if_exists(settings, session_id, owner)
+    base = existing_session_dir(settings, session_id, owner)
     if base is None:
         return None
     try:
@@ -322,7 +325,7 @@ def open_session_file(
     walk runs. Symlinks that :func:`resolve_session_file` would accept (pointing
     inside the work dir) are refused here; that is the price of having no race.
     """
-    base = _session_dir_if_exists(settings, session_id, owner)
+    base = existing_session_dir(settings, session_id, owner)
     if base is None:
         return None
     try:

@@ -12,10 +12,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from ..execution import ExecutionSettings, owner_dir_name, session_dir_name, work_root
+from pydantic import ValidationError
+
+from ..execution import ExecutionSettings, existing_session_dir
 from ..execution.workdir import list_workdir_files
 from ..llm.usage import LLMCall, summarize
 from ..schemas.runs import EventKind, RunStatus
+from ..schemas.workflow import AgentWorkFlowConfig
 from ..storage.repository import Repository
 from . import answers
 from .live import SEQ_SLACK
@@ -71,30 +74,17 @@ def _answer(repo: Repository, execution: ExecutionSettings, run: dict[str, Any])
 
 def _requested_models(flow: dict[str, Any]) -> list[str]:
     """The models the workflow's agents name (members of group chats included), in order."""
-    found: list[str] = []
-    stack: list[Any] = [flow]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, dict):
-            for entry in value.get("config_list") or []:
-                if (
-                    isinstance(entry, dict)
-                    and isinstance(entry.get("model"), str)
-                    and entry["model"] not in found
-                ):
-                    found.append(entry["model"])
-            stack.extend(v for k, v in value.items() if k != "config_list")
-        elif isinstance(value, list):
-            stack.extend(value)
-    return found
+    try:
+        parsed = AgentWorkFlowConfig.model_validate(flow)
+    except ValidationError:  # a run stored before runs kept their workflow, or an older shape
+        return []
+    return list(dict.fromkeys(entry.model for _, entry in parsed.endpoints()))
 
 
 def _files(execution: ExecutionSettings, run: dict[str, Any]) -> list[dict[str, Any]]:
     """What the session's code left (its work dir is never created here)."""
+    path = existing_session_dir(execution, run["session_id"], run["user_id"])
     try:
-        path = work_root(execution) / owner_dir_name(run["user_id"]) / session_dir_name(run["session_id"])
-        if path.is_symlink() or not path.is_dir():
-            return []
-        return [{"name": f.name, "size": f.size} for f in list_workdir_files(path)]
-    except (OSError, ValueError):
+        return [{"name": f.name, "size": f.size} for f in list_workdir_files(path)] if path else []
+    except OSError:
         return []

@@ -19,6 +19,16 @@ from .store import Store
 from .tables import LLMCallRow, RunRow, UsageDayRow
 
 
+def live_run_count(db: OrmSession, user_id: str) -> int:
+    """The user's runs queued, running or waiting for input (in the caller's transaction)."""
+    query = (
+        select(func.count())
+        .select_from(RunRow)
+        .where(RunRow.user_id == user_id, RunRow.status.in_(UNFINISHED))
+    )
+    return int(db.scalar(query) or 0)
+
+
 def keep_usage(db: OrmSession, user_id: str, run_ids: Select[Any]) -> None:
     """Before runs are deleted (in the caller's transaction): add what they used to the user's
     per-day totals."""
@@ -57,14 +67,7 @@ def keep_usage(db: OrmSession, user_id: str, run_ids: Select[Any]) -> None:
 class AccountingRepository(Store):
     def live_runs(self, user_id: str) -> int:
         with self._tx() as db:
-            return int(
-                db.scalar(
-                    select(func.count())
-                    .select_from(RunRow)
-                    .where(RunRow.user_id == user_id, RunRow.status.in_(UNFINISHED))
-                )
-                or 0
-            )
+            return live_run_count(db, user_id)
 
     def spent_since(self, user_id: str, since: datetime, exclude_run: str | None = None) -> Decimal:
         with self._tx() as db:

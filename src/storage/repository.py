@@ -11,14 +11,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, func, insert, select, text
+from sqlalchemy import CursorResult, delete, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as OrmSession
 
 from ..schemas.chat import Message, Session
 from ..schemas.pagination import Page
 from ..schemas.runs import UNFINISHED
-from .accounting import keep_usage
+from .accounting import keep_usage, live_run_count
 from .store import Store
 from .tables import (
     LLMCallRow,
@@ -189,12 +189,7 @@ class Repository(Store):
             if max_live:
                 if db.get_bind().dialect.name == "postgresql":  # one of the user's starts at a time
                     db.execute(text("SELECT pg_advisory_xact_lock(hashtext(:u))"), {"u": message.user_id})
-                live = db.scalar(
-                    select(func.count())
-                    .select_from(RunRow)
-                    .where(RunRow.user_id == message.user_id, RunRow.status.in_(UNFINISHED))
-                )
-                if (live or 0) >= max_live:
+                if live_run_count(db, message.user_id) >= max_live:
                     raise TooManyLiveRuns(max_live)
             if new_session is not None:
                 # Two first messages of one new session may race here: the second finds the
