@@ -199,16 +199,10 @@ class ScriptedLLM:
             model = reply.model or str(body.get("model", "scripted"))
             p_tokens, c_tokens = prompt_tokens(body), max(1, count_tokens(reply.content))
             if reply.status != 200:
-                handler._json(reply.status, {"error": {"message": reply.content, "type": "server_error"}})
                 p_tokens = c_tokens = 0
-            elif body.get("stream"):
-                self._stream(handler, body, model, reply.content, p_tokens, c_tokens)
-            else:
-                handler._json(200, _completion(model, reply.content, p_tokens, c_tokens))
-        finally:
+            # Recorded before the answer leaves: whoever got the answer finds the call counted.
             with self._lock:
                 if generation == self.generation:
-                    self._in_flight -= 1
                     self.served.append(
                         Served(
                             body,
@@ -221,6 +215,16 @@ class ScriptedLLM:
                             authorization,
                         )
                     )
+            if reply.status != 200:
+                handler._json(reply.status, {"error": {"message": reply.content, "type": "server_error"}})
+            elif body.get("stream"):
+                self._stream(handler, body, model, reply.content, p_tokens, c_tokens)
+            else:
+                handler._json(200, _completion(model, reply.content, p_tokens, c_tokens))
+        finally:
+            with self._lock:
+                if generation == self.generation:
+                    self._in_flight -= 1
 
     @staticmethod
     def _stream(handler: Any, body: dict[str, Any], model: str, text: str, p: int, c: int) -> None:
