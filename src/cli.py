@@ -1,4 +1,4 @@
-"""`python -m autobots serve | run WORKFLOW.json "message" | keys create|list|revoke`."""
+"""`python -m autobots serve | worker | run WORKFLOW.json "message" | keys create|list|revoke`."""
 
 from __future__ import annotations
 
@@ -31,6 +31,15 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     updates = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = settings.model_copy(update=updates)
+    workers = args.workers or 1
+    if workers < 1 or (workers > 1 and not settings.runs.distributed):
+        print(
+            "error: --workers N (N > 1) needs the distributed mode: live runs are per process "
+            "without a broker. Set AUTOBOTS_BROKER_URL (redis://...) and a PostgreSQL "
+            "AUTOBOTS_DATABASE_URL, and start `python -m autobots worker` beside it.",
+            file=sys.stderr,
+        )
+        return 2
     if settings.auth.mode is AuthMode.NONE and not _is_loopback(settings.host) and not args.insecure_no_auth:
         print(
             f"error: refusing to listen on {settings.host}: with auth.mode none anyone who reaches the "
@@ -46,8 +55,24 @@ def _serve(args: argparse.Namespace) -> int:
         f"(auth.mode {mode}; database {settings.database_url})",
         flush=True,
     )
-    serve(settings)
+    serve(settings, workers)
     return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from .settings import load_settings
+    from .worker import run_worker
+
+    settings = load_settings(args.config)
+    if not settings.runs.distributed:
+        print(
+            "error: `worker` runs the distributed mode's queued runs: set runs.broker_url "
+            "(AUTOBOTS_BROKER_URL=redis://... or amqp://...) and a PostgreSQL database_url; "
+            "without a broker, `serve` runs every run itself.",
+            file=sys.stderr,
+        )
+        return 2
+    return run_worker(settings, args.concurrency or settings.runs.worker_concurrency)
 
 
 def _url_host(host: str) -> str:
@@ -152,20 +177,17 @@ def _run_through_manager(core: Any, message: Any, flow: Any) -> Any:
     """The run goes through the server's own machinery (limits, the wall-time cap, stored
     events): its agents' messages are printed as its events arrive."""
     from .schemas.runs import EventKind
-    from .services.errors import RunFailed
     from .services.runs import HEARTBEAT
 
-    live = core.runs.submit(message, flow, interactive=False)
-    for event in core.runs.stream(None, live.run_id):
+    prepared = core.runs.submit(message, flow, interactive=False)
+    for event in core.runs.stream(None, prepared.run_id):
         if event is HEARTBEAT:
             continue
         _, kind, data = event
         if kind == EventKind.MESSAGE:
             print(f"\n--- {data.get('sender')} -> {data.get('recipient')}\n{data.get('content')}", flush=True)
     core.writer.flush()  # every event and call is stored before the answer is shown
-    if live.reply is not None:
-        return live.reply
-    raise live.error or RunFailed("the run ended without an answer", live.run_id, message)
+    return core.runs.outcome(prepared)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,7 +202,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="listen beyond loopback although auth.mode is none (anyone reaching it acts as anyone)",
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="API processes (the distributed mode only: runs.broker_url; they hold no run state)",
+    )
     serve.set_defaults(func=_serve)
+    worker = sub.add_parser("worker", help="run queued runs (the distributed mode: runs.broker_url)")
+    worker.add_argument(
+        "--concurrency", type=int, help="runs at once (threads; default runs.worker_concurrency)"
+    )
+    worker.set_defaults(func=_worker)
     keys = sub.add_parser("keys", help="API keys for auth.mode token")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="make a key for USER (made with its first key); printed once")

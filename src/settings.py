@@ -94,13 +94,52 @@ class LLMSettings(BaseModel):
 
 
 class RunSettings(BaseModel):
-    """Live runs: how many run at once, how long a human has to answer, SSE keep-alive."""
+    """Live runs: how many run at once, how long a human has to answer, SSE keep-alive, and
+    where they run: in this process (no `broker_url`, the default), or on Celery workers fed by
+    a broker, with events, cancels, human input through Redis (`redis_url`) and the runs' state
+    in the database (the distributed mode, `services/backends/`)."""
 
     model_config = ConfigDict(extra="ignore")
 
     pool_size: int = Field(128, ge=1, le=4096)
     input_timeout_s: float = Field(300, gt=0)
     heartbeat_s: float = Field(15, gt=0)
+    # redis://... or amqp://... (RabbitMQ): runs go to `python -m autobots worker` processes.
+    # Also AUTOBOTS_BROKER_URL.
+    broker_url: str | None = None
+    # Events, cancels, human input (redis://...); default: the broker, when it is Redis. Also
+    # AUTOBOTS_REDIS_URL.
+    redis_url: str | None = None
+    # The broker's queue of runs: deployments (or test runs) sharing one broker each use their own.
+    queue: str = Field("autobots", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
+    # A worker's threads (Celery's thread pool: runs wait on I/O, not on the CPU).
+    worker_concurrency: int = Field(16, ge=1, le=1024)
+    # A worker writes its runs' heartbeats this often; a run whose heartbeat is older than
+    # `dead_after_s` is marked interrupted by whichever live process sees it first.
+    worker_heartbeat_s: float = Field(5, gt=0, le=60)
+    dead_after_s: float = Field(20, gt=0, le=3600)
+    # On SIGTERM a worker takes no new runs and lets its runs finish for this long, then
+    # interrupts the ones still going (what was said is kept).
+    shutdown_grace_s: float = Field(30, ge=0, le=86_400)
+    # A run's Redis stream of events lives this long after the run ends (then the database
+    # serves it).
+    stream_ttl_s: int = Field(3600, ge=1, le=30 * 86_400)
+    # Files the code of a run leaves are kept in the database for every API process, each up to
+    # this size (bigger ones are listed but served only where they were written).
+    max_stored_file_bytes: int = Field(10_485_760, ge=0)
+
+    @property
+    def distributed(self) -> bool:
+        return bool(self.broker_url)
+
+    @property
+    def events_url(self) -> str | None:
+        """Where events, cancels and input go in the distributed mode."""
+        if self.redis_url:
+            return self.redis_url
+        if self.broker_url and self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return None
 
 
 class ClientSettings(BaseModel):
@@ -168,6 +207,29 @@ class Settings(BaseSettings):
                 raw = {**raw, "default_user_id": client["user_id"]}
         return raw
 
+    @model_validator(mode="after")
+    def _distributed_needs(self) -> Settings:
+        """The distributed mode's processes share their runs through the database and Redis:
+        PostgreSQL (SQLite's one-writer file cannot take several processes' run traffic, and
+        never several machines) and a Redis for events, cancels and input."""
+        if not self.runs.distributed:
+            return self
+        if not self.database_url.startswith("postgresql"):
+            raise ValueError(
+                "runs.broker_url (the distributed mode) needs a PostgreSQL database_url "
+                "(postgresql+psycopg://...): SQLite is for one process only"
+            )
+        if self.runs.events_url is None:
+            raise ValueError(
+                "runs.broker_url is not Redis: set runs.redis_url (AUTOBOTS_REDIS_URL) for events, "
+                "cancels and human input"
+            )
+        return self
+
+
+# Short names for the distributed mode's two URLs (the long ones work too).
+ENV_ALIASES = {"AUTOBOTS_BROKER_URL": ("runs", "broker_url"), "AUTOBOTS_REDIS_URL": ("runs", "redis_url")}
+
 
 def default_config_path() -> Path:
     return Path(str(resources.files("autobots.web").joinpath("config.json")))
@@ -222,6 +284,7 @@ def unknown_env(env: Mapping[str, str]) -> list[str]:
         if k.upper().startswith(ENV_PREFIX)
         and k.upper() not in exact
         and k.upper() not in RESERVED_ENV
+        and k.upper() not in ENV_ALIASES
         and not k.upper().startswith(RESERVED_ENV_PREFIXES)
         and not k.upper().startswith(tuple(open_ended))
     )
@@ -269,6 +332,9 @@ def load_settings(config_path: str | Path | None = None, env: Mapping[str, str] 
         from_env = _EnvSource(Settings, {k: v for k, v in env.items() if k.upper().startswith(ENV_PREFIX)})()
     except Exception as exc:  # pydantic-settings' SettingsError: a value that is not valid JSON
         raise SettingsError(f"bad environment setting: {exc}") from exc
+    for alias, (section, field_name) in ENV_ALIASES.items():
+        if value := env.get(alias):
+            from_env.setdefault(section, {}).setdefault(field_name, value)
     merged = _merge(raw, from_env)
     if key := env.get("OPENAI_API_KEY"):
         merged.setdefault("openai_api_key", key)

@@ -121,8 +121,11 @@ class ChatService:
 
     # answering ---------------------------------------------------------------------------------
 
-    def prepare(self, message: Message, flow: AgentWorkFlowConfig | None) -> PreparedRun:
-        """Check the request, then store the question, the run (and a new session) together."""
+    def prepare(
+        self, message: Message, flow: AgentWorkFlowConfig | None, interactive: bool = True
+    ) -> PreparedRun:
+        """Check the request, then store the question, the run (and a new session) together.
+        `interactive`: whether a human may be asked during the run (stored for its worker)."""
         if message.role != "user":
             raise BadRequest("message.role must be 'user' for a message to answer")
         if self._limits is not None:
@@ -157,7 +160,12 @@ class ChatService:
         max_live = self._limits.settings.live_runs if self._limits is not None else 0
         try:
             self.repo.start_run(
-                run_id, message, new_session, flow=flow.model_dump(mode="json"), max_live=max_live
+                run_id,
+                message,
+                new_session,
+                flow=flow.model_dump(mode="json"),
+                max_live=max_live,
+                interactive=interactive,
             )
         except Conflict as exc:
             raise BadRequest(str(exc)) from exc

@@ -1,9 +1,11 @@
 """The services of one process, built once from its settings: what the web app and the CLI share.
 
 `build_services` opens the database (migrating it), the event writer, and every service in the
-order they depend on each other. A server process (`recover=True`) also ends the runs a previous
-process left unfinished and sweeps its leftover sandboxes; a one-off CLI run must not, since a
-server may be running on the same database with runs of its own in flight.
+order they depend on each other, on the backends the settings choose (`backends/`: this process,
+or Celery, Redis and the database). A server process (`recover=True`) also watches for runs whose
+process died (in one process: those a previous one left, at once; across processes: runs whose
+worker stopped beating, from now on) and sweeps its leftover sandboxes; a one-off CLI run must
+not, since a server may be running on the same database with runs of its own in flight.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from ..storage.accounting import AccountingRepository
 from ..storage.database import create_db_engine, make_session_factory, migrate
 from ..storage.identity import IdentityRepository
 from ..storage.repository import Repository
+from ..storage.runstate import RunStateRepository
+from .backends import Backends, build_backends
 from .chat import ChatService
 from .credentials import CredentialService, credential_service
 from .event_writer import EventWriter
@@ -25,6 +29,7 @@ from .identity import IdentityService
 from .limits import UserLimits
 from .runs import RunManager
 from .sessions import SessionService
+from .shared_files import SharedFiles
 
 log = logging.getLogger("autobots")
 
@@ -40,13 +45,16 @@ class Services:
     identity: IdentityService
     limits: UserLimits
     credentials: CredentialService
+    backends: Backends
 
 
 def build_services(settings: Settings, recover: bool = True) -> Services:
     engine = create_db_engine(settings.database_url)
     migrate(engine)
     repo = Repository(make_session_factory(engine), serialize_writes=engine.dialect.name == "sqlite")
-    writer = EventWriter(repo)
+    state = RunStateRepository.alongside(repo)
+    backends = build_backends(settings.runs, repo, state.unfinished)
+    writer = EventWriter(repo, published=backends.events.published)
     atexit.register(writer.close)  # a graceful stop stores the last events
     user_limits = UserLimits(settings.limits.per_user, AccountingRepository.alongside(repo))
     # The server's secret is read (or made) here, at start: stored provider keys need it.
@@ -54,12 +62,21 @@ def build_services(settings: Settings, recover: bool = True) -> Services:
     chat = ChatService(
         settings, repo, call_store=writer.put_call, limits=user_limits, credentials=credentials
     )
-    runs = RunManager(chat, repo, settings.runs, writer)
-    sessions = SessionService(repo, settings.code_execution, check_flow=chat.teams.runtime_flow)
+    shared = (
+        SharedFiles(state, settings.code_execution, settings.runs.max_stored_file_bytes)
+        if backends.distributed
+        else None
+    )
+    runs = RunManager(chat, repo, settings.runs, writer, backends, box=credentials.box, files=shared)
+    sessions = SessionService(
+        repo, settings.code_execution, check_flow=chat.teams.runtime_flow, shared_files=shared
+    )
     if recover:
         if interrupted := runs.recover():
             log.warning("marked %d unfinished run(s) as interrupted", interrupted)
-        if docker_available(settings.code_execution):
+        # Across processes, another process's sandboxes are alive: only one process a machine
+        # (the one-process server) may take every leftover container for its own.
+        if not backends.distributed and docker_available(settings.code_execution):
             sweep_orphans(settings.code_execution)  # containers left by a previous server process
         moved, deleted = sessions.adopt_legacy_workdirs()
         if moved or deleted:
@@ -74,4 +91,5 @@ def build_services(settings: Settings, recover: bool = True) -> Services:
         identity=IdentityService(settings.auth, IdentityRepository.alongside(repo)),
         limits=user_limits,
         credentials=credentials,
+        backends=backends,
     )

@@ -76,6 +76,11 @@ class CredentialService:
         self._store = store
         self._policy = policy
 
+    @property
+    def box(self) -> SecretBox:
+        """The server's secret, for what else it encrypts (a queued run's keys: `handoff.py`)."""
+        return self._box
+
     def store(self, user_id: str, name: str, api_key: str, base_url: str | None = None) -> CredentialInfo:
         if not _NAME.fullmatch(name):
             raise BadRequest(

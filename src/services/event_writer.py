@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ..storage.repository import Repository
@@ -21,8 +22,15 @@ _STOP = object()
 
 
 class EventWriter:
-    def __init__(self, repo: Repository, interval_s: float = 0.02) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        interval_s: float = 0.02,
+        published: Callable[[list[tuple[str, int, str, dict[str, Any]]]], None] | None = None,
+    ) -> None:
         self._repo = repo
+        # Told of each batch of events once it is stored (the distributed mode's event log).
+        self.published = published
         self._interval = interval_s
         self._queue: queue.Queue[Any] = queue.Queue()
         self._urgent = threading.Event()  # a flush is waiting: write now, don't gather more
@@ -70,6 +78,12 @@ class EventWriter:
                     self._repo.add_events_and_calls(events, calls)
                 except Exception:
                     log.exception("could not store %d run events and %d LLM calls", len(events), len(calls))
+                else:
+                    if events and self.published is not None:
+                        try:
+                            self.published(events)
+                        except Exception:
+                            log.exception("could not publish %d run events", len(events))
             for item in items:
                 if item is not _STOP and item[0] == "flush":
                     item[1].set()

@@ -17,6 +17,7 @@ from typing import Any
 from ..schemas.chat import Message
 from ..schemas.runs import RunStatus
 from ..storage.repository import Repository
+from .backends.base import Event, EventFeed
 from .chat import PreparedRun, RunControl
 from .errors import RunFailed
 
@@ -27,8 +28,6 @@ HEARTBEAT = None  # what `stream` yields when nothing happened for a while
 # ahead of what is stored (the emitting thread waits for the writer when they would), and
 # recovery numbers its events from the last stored id + SEQ_SLACK + 1: always past anything sent.
 SEQ_SLACK = 1000
-
-Event = tuple[int, str, dict[str, Any]]
 
 
 @dataclass
@@ -59,27 +58,15 @@ class LiveRun:
         return self.prepared.run_id
 
 
-class EventFeed:
-    """One run's events as a listener that must not block sees them."""
-
-    def take(self, after: int) -> tuple[list[Event], bool]:
-        """The events after id `after`, and whether the run has ended (nothing more will come)."""
-        raise NotImplementedError
-
-    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
-        """Call `wake` (from any thread, quickly) when there may be new events; returns the
-        function that ends the subscription."""
-        return lambda: None
-
-
 class LiveFeed(EventFeed):
     def __init__(self, live: LiveRun) -> None:
         self._live = live
 
     def take(self, after: int) -> tuple[list[Event], bool]:
         live = self._live
-        with live.changed:  # a live run's ids are 1, 2, 3, ...: event `n` is at index n - 1
-            return live.events[max(0, after) :], live.concluded
+        with live.changed:  # ids rise by one from the run's first event in this process
+            first = live.events[0][0] if live.events else live.seq + 1
+            return live.events[max(0, after + 1 - first) :], live.concluded
 
     def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
         live = self._live

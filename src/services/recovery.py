@@ -1,4 +1,5 @@
-"""After a crash: runs a previous server process left unfinished are marked interrupted.
+"""Ending runs nobody holds: those a dead process left (interrupted), and queued ones cancelled
+before any worker took them.
 
 Each gets an answer built like any other (`answers.py`): the last thing said, a note saying what
 happened, every message said so far (from the stored events), the usage of the calls that were
@@ -17,34 +18,66 @@ from pydantic import ValidationError
 from ..execution import ExecutionSettings, existing_session_dir
 from ..execution.workdir import list_workdir_files
 from ..llm.usage import LLMCall, summarize
-from ..schemas.runs import EventKind, RunStatus
+from ..schemas.runs import UNFINISHED, EventKind, RunStatus
 from ..schemas.workflow import AgentWorkFlowConfig
 from ..storage.repository import Repository
 from . import answers
 from .live import SEQ_SLACK
 
 INTERRUPTED_NOTE = "[autobots: the run was interrupted by a server restart]"
+WORKER_LOST_NOTE = "[autobots: the run was interrupted: the worker running it stopped]"
+
+StoredEvent = tuple[str, int, str, dict[str, Any]]
+
+
+def end_stored_run(
+    repo: Repository,
+    execution: ExecutionSettings,
+    run_id: str,
+    status: RunStatus,
+    why: str | None,
+    note: str,
+    when: frozenset[str] = UNFINISHED,
+    stale_before: datetime | None = None,
+) -> list[StoredEvent]:
+    """End a run nobody in this process holds (a dead process's, or a queued one cancelled),
+    if it is still in one of `when`: its answer, then its final events. Returns the events
+    written (for listeners in other processes), none if another process ended it first."""
+    run = repo.get_run(run_id)
+    if run is None:
+        return []
+    reply = answers.build(_answer(repo, execution, run, status, note))
+    usage = reply.metadata and reply.metadata["usage"]
+    if not repo.finish_run(run_id, status, usage, why, reply, when=when, stale_before=stale_before):
+        return []
+    seq = repo.last_event_seq(run_id) + SEQ_SLACK
+    events: list[StoredEvent] = [
+        (run_id, seq + 1, EventKind.FINAL, {"message": reply.model_dump(mode="json")}),
+        (run_id, seq + 2, EventKind.STATUS, {"status": status}),
+    ]
+    repo.add_events_and_calls(events, [])
+    return events
 
 
 def recover_unfinished(repo: Repository, execution: ExecutionSettings) -> int:
     count = 0
     for run in repo.unfinished_runs():
-        reply = answers.build(_answer(repo, execution, run))
-        repo.finish_run(
-            run["run_id"],
-            RunStatus.INTERRUPTED,
-            reply.metadata and reply.metadata["usage"],
-            "the server restarted during the run",
-            reply,
+        count += bool(
+            end_stored_run(
+                repo,
+                execution,
+                run["run_id"],
+                RunStatus.INTERRUPTED,
+                "the server restarted during the run",
+                INTERRUPTED_NOTE,
+            )
         )
-        seq = repo.last_event_seq(run["run_id"]) + SEQ_SLACK
-        repo.add_event(run["run_id"], seq + 1, EventKind.FINAL, {"message": reply.model_dump(mode="json")})
-        repo.add_event(run["run_id"], seq + 2, EventKind.STATUS, {"status": RunStatus.INTERRUPTED})
-        count += 1
     return count
 
 
-def _answer(repo: Repository, execution: ExecutionSettings, run: dict[str, Any]) -> answers.Answer:
+def _answer(
+    repo: Repository, execution: ExecutionSettings, run: dict[str, Any], status: RunStatus, note: str
+) -> answers.Answer:
     said = [
         data
         for _, kind, data in repo.events_after(run["run_id"], 0, limit=100_000)
@@ -58,7 +91,7 @@ def _answer(repo: Repository, execution: ExecutionSettings, run: dict[str, Any])
         user_id=run["user_id"],
         session_id=run["session_id"],
         question_id=run["user_msg_id"],
-        status=RunStatus.INTERRUPTED,
+        status=status,
         text=last,
         started=run["started_at"],
         ended=datetime.now(UTC),
@@ -68,7 +101,7 @@ def _answer(repo: Repository, execution: ExecutionSettings, run: dict[str, Any])
         requested_models=_requested_models(flow),
         answered_models=sorted({c.model for c in calls if not c.error}),
         files=_files(execution, run),
-        note=INTERRUPTED_NOTE,
+        note=note,
     )
 
 

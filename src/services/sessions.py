@@ -36,6 +36,7 @@ from ..storage.gallery import GalleryRepository
 from ..storage.repository import Conflict, Repository
 from .errors import BadRequest, NotFound
 from .pagination import Listing, listing, start_after
+from .shared_files import SharedFiles
 
 # The lists' names in their cursors, and the types of their sort keys.
 SESSIONS, MESSAGES, GALLERY = "sessions", "messages", "gallery"
@@ -48,8 +49,11 @@ class SessionService:
         repo: Repository,
         execution: ExecutionSettings,
         check_flow: Callable[[str, AgentWorkFlowConfig], object] | None = None,
+        shared_files: SharedFiles | None = None,
     ) -> None:
         self.repo = repo
+        # The distributed mode: files code wrote on another machine, from the database.
+        self._shared = shared_files
         self.gallery_repo = GalleryRepository.alongside(repo)
         self._execution = execution
         # The run's own check of what a workflow may call (`TeamGate.runtime_flow`): a session
@@ -119,6 +123,8 @@ class SessionService:
             handle = open_session_file(self._execution, session_id, rel_path, owner=user_id)
         except ValueError:
             handle = None
+        if handle is None and self._shared is not None:
+            handle = self._shared.open(user_id, session_id, rel_path)
         if handle is None:
             raise NotFound(f"file {rel_path} not found")
         return handle

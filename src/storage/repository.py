@@ -161,6 +161,7 @@ class Repository(Store):
         status: str = "queued",
         flow: dict[str, Any] | None = None,
         max_live: int = 0,
+        interactive: bool = True,
     ) -> None:
         """Store the user's message and its run (and the session, if new) all or nothing; `flow`
         is the workflow the run runs, as sent (credential references, never keys). With
@@ -169,7 +170,7 @@ class Repository(Store):
         if message.session_id is None:
             raise ValueError("a run belongs to a session")
         try:
-            self._start_run(run_id, message, new_session, status, flow, max_live)
+            self._start_run(run_id, message, new_session, status, flow, max_live, interactive)
         except IntegrityError as exc:  # an id taken by another process in the meantime
             raise Conflict(
                 f"session {message.session_id} or message {message.msg_id} is already in use"
@@ -183,6 +184,7 @@ class Repository(Store):
         status: str,
         flow: dict[str, Any] | None,
         max_live: int,
+        interactive: bool,
     ) -> None:
         assert message.session_id is not None
         with self._write() as db:
@@ -204,6 +206,7 @@ class Repository(Store):
                     user_msg_id=message.msg_id,
                     status=status,
                     flow=flow,
+                    interactive=interactive,
                 )
             )
 
@@ -214,14 +217,22 @@ class Repository(Store):
         usage: dict[str, Any] | None,
         error: str | None = None,
         reply: Message | None = None,
+        when: frozenset[str] = UNFINISHED,
+        stale_before: datetime | None = None,
     ) -> bool:
-        """Store the run's outcome and its answer in one transaction.
+        """Store the run's outcome and its answer in one transaction, if the run's status is
+        still one of `when` (unfinished, by default): of two processes ending one run (a worker
+        and the one that found it dead, a cancel and a claim), the first wins and the second
+        stores nothing.
 
-        Returns False when the run is gone (its session was deleted while it ran): nothing is
-        stored then, as the user asked for the session to go."""
+        Returns False when nothing was stored: the run ended already, or is gone (its session
+        was deleted while it ran), as the user asked for the session to go. With
+        `stale_before`, only a run whose worker's last heartbeat is older than that is ended."""
         with self._write() as db:
-            run = db.get(RunRow, run_id)
-            if run is None:
+            run = db.get(RunRow, run_id, with_for_update=True)
+            if run is None or run.status not in when:
+                return False
+            if stale_before is not None and (run.heartbeat_at is None or run.heartbeat_at >= stale_before):
                 return False
             if reply is not None:
                 _add_message(db, reply)
@@ -230,6 +241,7 @@ class Repository(Store):
             run.error = error
             run.usage = usage
             run.ended_at = datetime.now(UTC)
+            run.input_prompt = run.input_prompt_id = None
             return True
 
     def set_run_status(self, run_id: str, status: str) -> None:
@@ -340,6 +352,10 @@ class Repository(Store):
                 "user_msg_id": run.user_msg_id,
                 "assistant_msg_id": run.assistant_msg_id,
                 "flow": run.flow,
+                "interactive": run.interactive,
+                "worker_id": run.worker_id,
+                "input_prompt": run.input_prompt,
+                "input_prompt_id": run.input_prompt_id,
             }
 
     def get_message(self, user_id: str, msg_id: str) -> Message | None:

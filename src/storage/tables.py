@@ -17,10 +17,12 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -102,6 +104,7 @@ class RunRow(Base):
             name="fk_runs_session",
             ondelete="CASCADE",
         ),
+        Index("ix_runs_status_heartbeat", "status", "heartbeat_at"),
     )
 
     run_id: Mapped[str] = mapped_column(String(100), primary_key=True)
@@ -117,6 +120,38 @@ class RunRow(Base):
     # The workflow the run runs, as sent (credential references, never keys): what a worker, or
     # the next start's recovery, needs to know of it.
     flow: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Whether a human may be asked (a blocking POST /api/messages has nobody to answer).
+    interactive: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # The distributed mode: the worker holding the run and its last sign of life; a run whose
+    # heartbeat is older than `runs.dead_after_s` is interrupted by any live process.
+    worker_id: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime | None]
+    # The prompt a human is asked now and its id: any API process can answer it.
+    input_prompt: Mapped[str | None] = mapped_column(Text)
+    input_prompt_id: Mapped[str | None] = mapped_column(String(100))
+
+
+class SessionFileRow(Base):
+    """A file the code of a session left in its work dir, kept so that every API process (on
+    any machine) can serve it and any worker can put it back before the session's next run."""
+
+    __tablename__ = "session_files"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["user_id", "session_id"],
+            ["sessions.user_id", "sessions.session_id"],
+            name="fk_session_files_session",
+            ondelete="CASCADE",
+        ),
+    )
+
+    user_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    session_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    name: Mapped[str] = mapped_column(String(1000), primary_key=True)
+    size: Mapped[int] = mapped_column(Integer)
+    # None: bigger than `runs.max_stored_file_bytes`; listed, served only where it was written.
+    data: Mapped[bytes | None] = mapped_column(LargeBinary)
+    updated_at: Mapped[datetime] = mapped_column(default=_now)
 
 
 class RunEventRow(Base):

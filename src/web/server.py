@@ -1,6 +1,7 @@
-"""Serving the app with gunicorn: one worker process, its asyncio (ASGI) worker in front.
+"""Serving the app with gunicorn: its asyncio (ASGI) worker in front, one process by default.
 
-One process, because the embedded model and the live runs are per process state. Connections
+One process, because live runs are per process state; in the distributed mode (`runs.broker_url`)
+runs live on Celery workers and `--workers N` starts N API processes that hold none. Connections
 are asyncio tasks (`asgi.py`): idle event-stream listeners and slow clients hold no thread, and
 the Flask app runs in a pool of `server_threads` threads, because a blocking `POST /api/messages`
 holds its thread for the whole run and the server must still answer a hundred more at once.
@@ -22,15 +23,17 @@ from ..settings import Settings
 
 
 class GunicornServer(BaseApplication):
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, workers: int = 1) -> None:
         self._settings = settings
+        self._workers = workers
         super().__init__()
 
     def load_config(self) -> None:
         s = self._settings
         options: dict[str, Any] = {
             "bind": f"{s.host}:{s.port}",
-            "workers": 1,
+            # One, unless the runs live elsewhere (the distributed mode: API processes hold none).
+            "workers": self._workers,
             "worker_class": StoppingASGIWorker,
             # Open connections one process may hold (idle listeners are cheap; see asgi.py).
             "worker_connections": 20_000,
@@ -86,5 +89,5 @@ def _raise_open_files_limit() -> None:
             )
 
 
-def serve(settings: Settings) -> None:
-    GunicornServer(settings).run()
+def serve(settings: Settings, workers: int = 1) -> None:
+    GunicornServer(settings, workers).run()

@@ -36,11 +36,11 @@ class RunPath(BaseModel):
 @bp.post("/runs", responses={202: RunResponse, **ERRORS})
 def start_run(body: PostMessageRequest) -> tuple[Response, int]:
     """Start a run and answer at once (202); watch it at /api/runs/{run_id}/events."""
-    live = services().runs.submit(own_message(body.message), body.flow_config)
+    run = services().runs.submit(own_message(body.message), body.flow_config)
     data = {
-        "run_id": live.run_id,
-        "session_id": live.prepared.message.session_id,
-        "user_msg_id": live.prepared.message.msg_id,
+        "run_id": run.run_id,
+        "session_id": run.message.session_id,
+        "user_msg_id": run.message.msg_id,
         "status": RunStatus.QUEUED,
     }
     return envelope(True, "run started", data=data, code=202)

@@ -1,0 +1,58 @@
+"""`python -m autobots worker`: a Celery worker that runs the distributed mode's queued runs.
+
+It builds the same services as `serve` (one composition root, `services/core.py`), so a run does
+exactly what it would in one process; Celery only hands it the run's id. Its pool is threads, not
+processes: a run spends its time waiting on LLM calls and sandboxes, and the embedded model is a
+server of its own. It heartbeats the runs it holds and, like every process, interrupts runs whose
+worker died. On SIGTERM (Celery's warm shutdown) it takes no new runs, lets its runs finish for
+`runs.shutdown_grace_s`, then interrupts the rest, keeping what was said.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from .services.backends.celery_queue import CeleryQueue
+from .services.core import build_services
+from .settings import Settings
+
+log = logging.getLogger("autobots.worker")
+
+
+def run_worker(settings: Settings, concurrency: int) -> int:
+    from celery import signals
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    core = build_services(settings, recover=True)
+    queue = core.backends.queue
+    assert isinstance(queue, CeleryQueue)
+
+    def drain(**_: Any) -> None:
+        grace = settings.runs.shutdown_grace_s
+        log.info("stopping: no new runs; the %s s grace for runs held begins", grace)
+        threading.Thread(target=core.runs.drain, args=(grace,), name="drain", daemon=True).start()
+
+    signals.worker_shutting_down.connect(drain, weak=False)
+    print(
+        f"autobots worker {core.backends.worker_id}: {concurrency} thread(s), queue {queue.queue!r}, "
+        f"database {settings.database_url.split('@')[-1]}",
+        flush=True,
+    )
+    queue.app.worker_main(
+        [
+            "worker",
+            "--pool=threads",
+            f"--concurrency={concurrency}",
+            "--loglevel=INFO",
+            f"--queues={queue.queue}",
+            f"--hostname=autobots-{os.getpid()}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--prefetch-multiplier=1",
+        ]
+    )
+    core.writer.close()
+    return 0
