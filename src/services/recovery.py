@@ -59,6 +59,23 @@ def end_stored_run(
     return events
 
 
+def fail_stored_run(
+    repo: Repository, run_id: str, why: str, kind: str, when: frozenset[str] = UNFINISHED
+) -> list[StoredEvent]:
+    """End a run nobody in this process holds as failed, as a run's own thread fails one: the
+    error stored, then its `error` (with the failure's kind, so a blocking request raises it as
+    it was) and `failed` events. Returns them, none if the run had ended already."""
+    if not repo.finish_run(run_id, RunStatus.FAILED, None, why, when=when):
+        return []
+    seq = repo.last_event_seq(run_id) + SEQ_SLACK
+    events: list[StoredEvent] = [
+        (run_id, seq + 1, EventKind.ERROR, {"message": why, "kind": kind}),
+        (run_id, seq + 2, EventKind.STATUS, {"status": RunStatus.FAILED}),
+    ]
+    repo.add_events_and_calls(events, [])
+    return events
+
+
 def recover_unfinished(repo: Repository, execution: ExecutionSettings) -> int:
     count = 0
     for run in repo.unfinished_runs():

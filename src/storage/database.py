@@ -43,6 +43,10 @@ def create_db_engine(url: str) -> Engine:
     return engine
 
 
+# The advisory lock id that serializes schema upgrades of one PostgreSQL database.
+MIGRATION_LOCK = 0x6175746F626F7473  # "autobots"
+
+
 def alembic_config() -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
@@ -55,7 +59,10 @@ def migrate(engine: Engine) -> None:
     On SQLite the migration's connection has foreign keys off: a revision that rebuilds a table
     (the only way SQLite changes a constraint) drops the old copy, and with foreign keys on that
     drop would cascade into the rows that point at it. Every foreign key is checked before the
-    migration commits, so a revision cannot leave a dangling reference behind."""
+    migration commits, so a revision cannot leave a dangling reference behind.
+
+    On PostgreSQL, processes that start together (API processes, workers) take turns: the
+    upgrade runs under a transaction-level advisory lock, so the second finds it done."""
     cfg = alembic_config()
     sqlite = engine.dialect.name == "sqlite"
     with engine.connect() as connection:
@@ -63,6 +70,8 @@ def migrate(engine: Engine) -> None:
             connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
             connection.commit()
         with connection.begin():
+            if engine.dialect.name == "postgresql":
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, "head")
             if sqlite and (broken := connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()):

@@ -65,6 +65,9 @@ class SessionRow(Base):
     name: Mapped[str | None] = mapped_column(String(200))
     flow_config: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=_now)
+    # The saved workflow (and its version) the session was started from; None: a bare config.
+    workflow_id: Mapped[str | None] = mapped_column(String(100))
+    workflow_version: Mapped[int | None] = mapped_column(Integer)
 
 
 class MessageRow(Base):
@@ -105,6 +108,7 @@ class RunRow(Base):
             ondelete="CASCADE",
         ),
         Index("ix_runs_status_heartbeat", "status", "heartbeat_at"),
+        Index("ix_runs_user_started", "user_id", "started_at"),
     )
 
     run_id: Mapped[str] = mapped_column(String(100), primary_key=True)
@@ -129,6 +133,9 @@ class RunRow(Base):
     # The prompt a human is asked now and its id: any API process can answer it.
     input_prompt: Mapped[str | None] = mapped_column(Text)
     input_prompt_id: Mapped[str | None] = mapped_column(String(100))
+    # The saved workflow and version the run ran; None: a bare flow_config.
+    workflow_id: Mapped[str | None] = mapped_column(String(100))
+    workflow_version: Mapped[int | None] = mapped_column(Integer)
 
 
 class SessionFileRow(Base):
@@ -151,6 +158,48 @@ class SessionFileRow(Base):
     size: Mapped[int] = mapped_column(Integer)
     # None: bigger than `runs.max_stored_file_bytes`; listed, served only where it was written.
     data: Mapped[bytes | None] = mapped_column(LargeBinary)
+    updated_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+class WorkflowRow(Base):
+    """A saved workflow: its name (unique per user) and newest version; every save is a new
+    `WorkflowVersionRow`, and older versions stay readable."""
+
+    __tablename__ = "workflows"
+    __table_args__ = (
+        UniqueConstraint("user_id", "name", name="uq_workflows_user_name"),
+        Index("ix_workflows_user", "user_id", "updated_at"),
+    )
+
+    workflow_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+    updated_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+class WorkflowVersionRow(Base):
+    __tablename__ = "workflow_versions"
+
+    workflow_id: Mapped[str] = mapped_column(
+        ForeignKey("workflows.workflow_id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    flow: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+class SkillRow(Base):
+    """One function of a user's skill library, as source; agents name it in `skills`."""
+
+    __tablename__ = "skills"
+
+    user_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    description: Mapped[str] = mapped_column(Text)
+    code: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
     updated_at: Mapped[datetime] = mapped_column(default=_now)
 
 
