@@ -61,7 +61,11 @@ class RunningServer:
 
 
 def start_server(
-    workdir: Path, env: dict[str, str] | None = None, config: Path | None = None, timeout: float = 60
+    workdir: Path,
+    env: dict[str, str] | None = None,
+    config: Path | None = None,
+    timeout: float = 60,
+    extra_args: list[str] | None = None,
 ) -> RunningServer:
     """Start `python -m autobots serve` in `workdir` (its database.sqlite lives there)."""
     port = free_port()
@@ -75,7 +79,17 @@ def start_server(
     full_env.update(env or {})
     if config is not None:
         full_env["AUTOBOTS_CONFIG"] = str(config)
-    cmd = [sys.executable, "-m", "autobots", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "autobots",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *(extra_args or []),
+    ]
     log = log_path.open("wb")
     # Its own process group, so that kill() takes the worker down with the master.
     proc = subprocess.Popen(
