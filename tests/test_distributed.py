@@ -540,3 +540,37 @@ def test_the_distributed_mode_refuses_what_it_cannot_run(tmp_path, pg_url):
     assert no_broker.returncode == 2 and "runs.broker_url" in no_broker.stderr
     many = run(["serve", "--workers", "2"], {})
     assert many.returncode == 2 and "--workers" in many.stderr
+
+
+def test_an_inline_key_reaches_the_worker_sealed_and_is_kept_nowhere(cluster, llm, user_id, shared_redis):
+    inline = "sk-inline-" + uuid.uuid4().hex
+    agent = wf.assistant(model="some-model")
+    agent["config"]["llm_config"]["config_list"][0].update({"api_key": inline, "base_url": llm.base_url})
+    llm.queue("Keyed. TERMINATE")
+    r = cluster.apis[0].post(
+        "/api/messages", {"message": wf.message(user_id, "with my key"), "flow_config": wf.autonomous(agent)}
+    )
+    assert r.status_code == 200, r.text
+    assert llm.served[-1].authorization == f"Bearer {inline}"  # the worker called with it
+    stored = redis.Redis.from_url(shared_redis)
+    for key in stored.scan_iter("*"):
+        kind = stored.type(key)
+        values = {
+            b"stream": lambda k: repr(stored.xrange(k)),
+            b"list": lambda k: repr(stored.lrange(k, 0, -1)),
+            b"string": lambda k: repr(stored.get(k)),
+        }.get(kind, lambda k: "")(key)
+        assert inline not in values, key
+    stored_columns = (
+        ("runs", "flow"),
+        ("sessions", "flow_config"),
+        ("messages", "content"),
+        ("messages", "metadata"),
+        ("run_events", "data"),
+    )
+    for table, column in stored_columns:
+        rows = cluster.sql(f"SELECT CAST({column} AS TEXT) FROM {table}")
+        assert not any(inline in (row[0] or "") for row in rows), table
+    assert all(inline not in a.log() for a in cluster.apis) and all(
+        inline not in w.log() for w in cluster.workers
+    )
