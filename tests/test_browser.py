@@ -102,6 +102,7 @@ def test_examples_endpoint_offers_valid_workflows_of_each_type(
             "flow_config",
             "needs_sandbox",
             "sandbox_available",
+            "sandbox_fallback",
         }
         assert example["needs_sandbox"] == _has_key(example["flow_config"], "executor"), example["name"]
         assert example["name"] and example["description"]

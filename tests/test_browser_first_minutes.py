@@ -117,6 +117,27 @@ def test_the_last_code_run_is_shown_next_to_the_answer_live_and_reopened(
     assert not chat.errors, chat.errors
 
 
+def test_code_that_asked_for_docker_says_it_ran_in_the_local_sandbox(
+    browser: Any, sandboxed: RunningServer, llm: ScriptedLLM, user_id: str
+) -> None:
+    """The sandboxed server has no Docker engine: a workflow asking for Docker runs its code in
+    the local sandbox, and the answer says so where it can be seen."""
+    _local_sandbox_or_skip()
+    llm.queue(Reply("```python\nprint(6 * 7)\n```"), "It is 42.")
+    proxy = wf.userproxy(code_execution_config={"executor": "docker", "timeout_s": 30})
+    chat = new_chat_page(browser, sandboxed, user_id)
+    try:
+        _open_flow(chat, wf.autonomous(wf.assistant("coder"), sender=proxy))
+        chat.send("what is six times seven?")
+        answer = chat.wait_for_answer()
+        answer.locator(".code-run").wait_for()
+        assert "42" in answer.locator(".code-run .code-run-output").inner_text()
+        assert "local (bubblewrap) sandbox" in answer.locator(".answer-notes").inner_text()
+    finally:
+        chat.page.context.close()
+    assert not chat.errors, chat.errors
+
+
 def test_an_answer_of_a_workflow_without_code_has_no_code_note(chat: ChatPage, llm: ScriptedLLM) -> None:
     llm.queue("Plain answer. TERMINATE")
     _open_flow(chat, wf.autonomous(wf.assistant()))
@@ -131,10 +152,11 @@ def test_an_answer_of_a_workflow_without_code_has_no_code_note(chat: ChatPage, l
 def test_terminate_markers_and_empty_turns_are_hidden_but_kept(
     chat: ChatPage, llm: ScriptedLLM, server: RunningServer
 ) -> None:
-    # The user proxy answers "First part." with an empty turn; the last turn ends with TERMINATE.
+    # The user proxy answers "First part." with an empty turn (a blank default reply: with none
+    # at all it would end the chat, see test_no_wasted_calls.py); the last turn ends with TERMINATE.
     llm.queue("First part.", Reply("Done now.\n\nTERMINATE", delay=3))
     page = chat.page
-    _open_flow(chat, wf.autonomous(wf.assistant()))
+    _open_flow(chat, wf.autonomous(wf.assistant(), sender=wf.userproxy(default_auto_reply=" ")))
     chat.send("two parts please")
     live = chat.live_run()
     live.locator(".step .step-body", has_text="First part.").wait_for()
@@ -359,6 +381,7 @@ def test_the_picker_marks_examples_needing_a_missing_sandbox(
         "no-sandbox",
         AUTOBOTS_CODE_EXECUTION__EXECUTOR="docker",
         AUTOBOTS_CODE_EXECUTION__DOCKER_HOST="unix:///nonexistent/docker.sock",
+        AUTOBOTS_CODE_EXECUTION__FALLBACK_TO_LOCAL="false",
     )
     try:
         data = bare.get("/api/examples").json()["data"]
@@ -375,9 +398,13 @@ def test_the_picker_marks_examples_needing_a_missing_sandbox(
                     card = chat.page.locator("label.picker-card", has_text=example["name"])
                     card.wait_for()
                     expected = marked and example["name"] in coders
-                    assert card.locator(".picker-note", has_text="sandbox").count() == int(expected), example[
-                        "name"
-                    ]
+                    missing = card.locator(".picker-note-missing", has_text="sandbox")
+                    assert missing.count() == int(expected), example["name"]
+                    # The sandboxed server has no Docker either: the Docker examples say where
+                    # their code runs instead.
+                    fallback = card.locator(".picker-note-fallback", has_text="local sandbox")
+                    expected_fallback = not marked and example["name"] in coders
+                    assert fallback.count() == int(expected_fallback), example["name"]
             finally:
                 chat.page.context.close()
             assert not chat.errors, chat.errors

@@ -181,7 +181,12 @@ def test_cli_run_has_the_servers_time_cap_and_stores_its_events(llm, tmp_path):
             {
                 "agent": {
                     "type": "userproxy",
-                    "config": {"name": "userproxy", "llm_config": False, "max_consecutive_auto_reply": 5},
+                    "config": {
+                        "name": "userproxy",
+                        "llm_config": False,
+                        "max_consecutive_auto_reply": 5,
+                        "default_auto_reply": "Go on.",
+                    },
                 },
                 "link": {"agent_type": "sender"},
             },

@@ -405,8 +405,11 @@ def test_parallel_receivers_share_one_container(exec_server, llm, user_id):
 
 
 def test_unreachable_engine_is_a_clear_503(llm, tmp_path, user_id):
+    """With the local fallback turned off, no engine is a 503 that tells the person chatting
+    what they can do and the operator what to set."""
     config = json.loads(Path(default_config_path()).read_text())
     config["code_execution"]["docker_host"] = f"unix://{tmp_path}/no-such.sock"
+    config["code_execution"]["fallback_to_local"] = False
     (tmp_path / "config.json").write_text(json.dumps(config))
     env = {"OPENAI_API_KEY": SERVER_KEY, "OPENAI_BASE_URL": llm.base_url}
     srv = start_server(tmp_path, env=env, config=tmp_path / "config.json")
@@ -415,7 +418,10 @@ def test_unreachable_engine_is_a_clear_503(llm, tmp_path, user_id):
         body = {"message": wf.message(user_id, "run"), "flow_config": coder_flow("docker")}
         r = srv.post("/api/messages", body)
         assert r.status_code == 503, r.text
-        assert "Docker" in r.json()["message"] or "docker" in r.json()["message"]
+        message = r.json()["message"]
+        assert "Docker engine not reachable" in message and "pick a workflow that runs no code" in message
+        assert "code_execution.fallback_to_local" in message
+        assert "AUTOBOTS_CODE_EXECUTION__FALLBACK_TO_LOCAL=true" in message
         msgs = srv.get(
             "/api/messages", user_id=user_id, session_id=r.json()["data"]["user_message"]["session_id"]
         )
@@ -483,3 +489,151 @@ def test_terminate_without_code_still_ends_a_code_running_chat(exec_server, llm,
     body = {"message": wf.message(user_id, "2+2"), "flow_config": coder_flow("local")}
     r = exec_server.post("/api/messages", body)
     assert r.status_code == 200 and outputs(r) == [] and llm.counted()["calls"] == 1
+
+
+def coder_with_reply(executor: str, reply: str):
+    proxy = wf.userproxy(
+        code_execution_config=executor, max_consecutive_auto_reply=5, default_auto_reply=reply
+    )
+    return wf.autonomous(wf.assistant("coder"), sender=proxy)
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_a_reply_to_code_that_ran_ends_the_chat(exec_server, llm, user_id, executor):
+    """After code ran and exited 0, a reply without code is the answer: no call is spent on the
+    "reply TERMINATE when done" a default reply would ask for."""
+    llm.queue(code("print(6 * 7)"), "It is 42.", "TERMINATE")
+    flow = coder_with_reply(executor, "Go on; reply TERMINATE when the task is done.")
+    r = exec_server.post("/api/messages", {"message": wf.message(user_id, "6*7"), "flow_config": flow})
+    assert r.status_code == 200, r.text
+    assert llm.counted()["calls"] == 2
+    assert r.json()["message"] == "It is 42."
+    assert len(outputs(r)) == 1 and outputs(r)[0].startswith("exitcode: 0")
+
+
+def test_a_failed_run_or_no_code_is_still_followed_up(exec_server, llm, user_id):
+    """Before any code ran, and after code that failed, the default reply asks for (fixed) code."""
+    llm.queue("It is probably 42.", code("raise SystemExit(3)"), "Oops.", code("print(42)"), "It is 42.")
+    flow = coder_with_reply("local", "Write a python block that prints the answer.")
+    r = exec_server.post("/api/messages", {"message": wf.message(user_id, "6*7"), "flow_config": flow})
+    assert r.status_code == 200, r.text
+    assert llm.counted()["calls"] == 5
+    out = outputs(r)
+    assert [o.split()[1] for o in out] == ["3", "0"]
+    assert r.json()["message"] == "It is 42."
+
+
+def test_terminate_on_the_last_line_of_a_code_block_is_not_run(exec_server, llm, user_id):
+    """Small models close their block with TERMINATE; Python would fail on the undefined name."""
+    llm.queue("```python\nprint(sum(range(4)))\nTERMINATE\n```", "It is 6.")
+    r = exec_server.post(
+        "/api/messages", {"message": wf.message(user_id, "0+1+2+3"), "flow_config": coder_flow("local")}
+    )
+    assert r.status_code == 200, r.text
+    out = outputs(r)
+    assert len(out) == 1 and out[0].startswith("exitcode: 0") and "6" in out[0]
+    said = r.json()["metadata"]["metadata"]["messages"]
+    assert said[1]["content"].endswith("TERMINATE\n```")  # the transcript keeps what was said
+
+
+def test_the_coder_reads_the_real_output_not_its_own_guess(exec_server, llm, user_id):
+    """Text after a code block that then ran was written before its output existed; the model's
+    next call sees the code and the output, not the guess. The transcript keeps the guess."""
+    llm.queue(code("print(sum(int(d) for d in str(2**100)))") + "\nThe sum is 768. TERMINATE", "It is 115.")
+    r = exec_server.post(
+        "/api/messages", {"message": wf.message(user_id, "digit sum"), "flow_config": coder_flow("local")}
+    )
+    assert r.status_code == 200, r.text
+    second = llm.served[1].body["messages"]
+    own = [m["content"] for m in second if m["role"] == "assistant"]
+    assert len(own) == 1 and "str(2**100)" in own[0] and "768" not in own[0] and own[0].endswith("```")
+    assert "Code output: 115" in second[-1]["content"]
+    said = r.json()["metadata"]["metadata"]["messages"]
+    assert "The sum is 768." in said[1]["content"]
+
+
+def _server_without_docker(tmp_path: Path, llm, **code_execution) -> RunningServer:
+    root = Path(tempfile.mkdtemp(prefix="autobots-no-docker-"))
+    root.chmod(0o755)  # the local sandbox's user must be able to reach its work dir
+    config = json.loads(Path(default_config_path()).read_text())
+    config["code_execution"].update(
+        {"docker_host": f"unix://{tmp_path}/no-such.sock", "work_root": str(root / "work"), **code_execution}
+    )
+    (root / "config.json").write_text(json.dumps(config))
+    env = {"OPENAI_API_KEY": SERVER_KEY, "OPENAI_BASE_URL": llm.base_url}
+    return start_server(root, env=env, config=root / "config.json")
+
+
+def test_docker_asked_for_on_a_server_without_an_engine_runs_in_the_local_sandbox(llm, tmp_path, user_id):
+    """fallback_to_local is on by default: the stock examples name Docker and must still run."""
+    require_local_sandbox()
+    assert json.loads(Path(default_config_path()).read_text())["code_execution"]["fallback_to_local"] is True
+    srv = _server_without_docker(tmp_path, llm)
+    try:
+        llm.queue(code("print(6 * 7)"), "It is 42.")
+        body = {"message": wf.message(user_id, "6*7"), "flow_config": coder_flow("docker")}
+        r = srv.post("/api/messages", body)
+        assert r.status_code == 200, r.text
+        assert outputs(r)[0].startswith("exitcode: 0") and "42" in outputs(r)[0]
+        notes = r.json()["metadata"]["metadata"]["models"]["notes"]
+        assert any("local (bubblewrap) sandbox" in n and "Docker" in n for n in notes), notes
+        examples = srv.get("/api/examples").json()["data"]
+        coder = next(e for e in examples if e["name"] == "Coder with a sandbox")
+        assert coder["sandbox_available"] and coder["sandbox_fallback"]
+    finally:
+        srv.stop()
+        shutil.rmtree(srv.db_path.parent, ignore_errors=True)
+
+
+def test_no_sandbox_at_all_tells_the_person_and_the_operator_what_to_do(llm, tmp_path, user_id):
+    """No engine, and no bubblewrap on the server's PATH: a 503 whose message says what the person
+    chatting can do and what the operator must set; nothing but the question is stored."""
+    bare_path = tmp_path / "empty-bin"
+    bare_path.mkdir()
+    root = tmp_path / "srv"
+    root.mkdir()
+    config = json.loads(Path(default_config_path()).read_text())
+    config["code_execution"].update({"docker_host": f"unix://{tmp_path}/no-such.sock"})
+    (root / "config.json").write_text(json.dumps(config))
+    env = {"OPENAI_API_KEY": SERVER_KEY, "OPENAI_BASE_URL": llm.base_url, "PATH": str(bare_path)}
+    srv = start_server(root, env=env, config=root / "config.json")
+    try:
+        llm.queue(code("print(1)"), "TERMINATE")
+        body = {"message": wf.message(user_id, "run"), "flow_config": coder_flow("docker")}
+        r = srv.post("/api/messages", body)
+        assert r.status_code == 503, r.text
+        message = r.json()["message"]
+        assert "pick a workflow that runs no code" in message and "ask the server's operator" in message
+        assert "For the operator:" in message and "Docker engine not reachable" in message
+        assert "bubblewrap" in message
+        sid = r.json()["data"]["user_message"]["session_id"]
+        assert stored_roles(srv, user_id, sid) == ["user"]
+        examples = srv.get("/api/examples").json()["data"]
+        assert all(not e["sandbox_available"] for e in examples if e["needs_sandbox"])
+    finally:
+        srv.stop()
+
+
+def test_an_expected_output_block_next_to_the_code_is_not_run(exec_server, llm, user_id):
+    """Small models add the output they expect as an "```output" block; only the code runs."""
+    llm.queue(code("print(2 + 2)") + "\n```output\n5\n```", "It is 4.")
+    r = exec_server.post(
+        "/api/messages", {"message": wf.message(user_id, "2+2"), "flow_config": coder_flow("local")}
+    )
+    assert r.status_code == 200, r.text
+    out = outputs(r)
+    assert (
+        len(out) == 1 and out[0].startswith("exitcode: 0") and "4" in out[0] and "Unsupported" not in out[0]
+    )
+
+
+def test_code_that_printed_nothing_is_said_so_and_followed_up(exec_server, llm, user_id):
+    """An expression whose value is never printed succeeds with no output: the report says so,
+    and the chat does not end on the reply to it (the default reply asks for printed code)."""
+    llm.queue(code("sum(range(4))"), "It is probably 7.", code("print(sum(range(4)))"), "It is 6.")
+    flow = coder_with_reply("local", "Print the result.")
+    r = exec_server.post("/api/messages", {"message": wf.message(user_id, "0+1+2+3"), "flow_config": flow})
+    assert r.status_code == 200, r.text
+    out = outputs(r)
+    assert "the code printed nothing" in out[0] and "6" in out[1]
+    assert llm.counted()["calls"] == 4 and r.json()["message"] == "It is 6."

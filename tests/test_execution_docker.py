@@ -283,7 +283,7 @@ def test_unreachable_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     """Runs with or without an engine: the socket named here never exists."""
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/autobots-test/docker.sock")
     with work_root() as root:
-        settings = make_settings(root)
+        settings = make_settings(root, fallback_to_local=False)
         assert not docker_available(settings)
         assert sweep_orphans(settings) == 0
         started = time.monotonic()
@@ -293,7 +293,9 @@ def test_unreachable_engine(monkeypatch: pytest.MonkeyPatch) -> None:
         message = str(info.value)
         assert "Docker engine not reachable at unix:///nonexistent/autobots-test/docker.sock" in message
         assert "set code_execution.executor to 'local'" in message
-        via_settings = make_settings(root, docker_host="unix:///nonexistent/other.sock")
+        via_settings = make_settings(
+            root, docker_host="unix:///nonexistent/other.sock", fallback_to_local=False
+        )
         with pytest.raises(
             ExecutionUnavailable, match=re.escape("not reachable at unix:///nonexistent/other.sock")
         ):

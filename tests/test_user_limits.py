@@ -38,7 +38,7 @@ def priced_flow(endless: bool = False) -> dict:
     the $0.05 budget is crossed after a few calls."""
     assistant = wf.assistant(max_consecutive_auto_reply=50 if endless else 5)
     assistant["config"]["llm_config"]["config_list"][0]["price"] = [0.5, 0.5]
-    sender = wf.userproxy(max_consecutive_auto_reply=50 if endless else 5)
+    sender = wf.userproxy(max_consecutive_auto_reply=50 if endless else 5, default_auto_reply="Go on.")
     return wf.autonomous(assistant, sender=sender)
 
 

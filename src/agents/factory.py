@@ -4,10 +4,26 @@ Each request gets new agents: AutoGen agents keep per-conversation state, and sh
 requests would leak one user's chat into another's. Every agent built here checks the run's limits
 before each LLM call, opens the call's time budget (`llm/budget.py`: all its tries within its
 timeout), and reports each message it says to the run's transcript.
+
+An agent without an LLM (a user proxy) that has nothing to say ends its chat instead of asking the
+other side again: AutoGen would send its empty default reply (or a fixed "reply TERMINATE when
+done"), and the model's answer to that is only "TERMINATE", an LLM call and seconds spent on
+nothing (`end_when_nothing_to_add`).
+
+An agent with an LLM reads its own earlier messages without what it wrote after a code block
+that then ran (`hide_claims_made_before_the_run`): that text was written before the output
+existed ("... the sum is 768. TERMINATE"), and a small model reading it again repeats it instead
+of the real output (115) that follows. What was said stays in the chat and the transcript as
+it was; only the model's view of it is trimmed.
+
+An agent that runs code does not run the termination word as code: small models close a code
+block with "TERMINATE" on its last line, which Python reads as an undefined name
+(`drop_terminate_in_code`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -16,6 +32,7 @@ from autogen import LLMConfig as AutogenLLMConfig
 from autogen.agentchat import Agent
 from autogen.code_utils import UNKNOWN, extract_code
 
+from ..execution.base import NO_OUTPUT_NOTE
 from ..execution.codeprep import LANGUAGES
 from ..llm import budget
 from ..llm.endpoints import NoUsableEndpoint, ResolvedLLMConfig
@@ -26,6 +43,8 @@ from .transcript import Transcript, message_text
 
 # Given an agent's config, the AutoGen code executor for it (or None for no execution).
 ExecutorSource = Callable[[AgentConfig], Any]
+# Offers an agent its config's tools and lets it run the other agents' (agents/tools.py ToolBox).
+ToolAttacher = Callable[[ConversableAgent, AgentConfig | None], None]
 # Given a request's llm_config, the resolved AutoGen config (credentials, prices).
 LLMResolver = Callable[[LLMConfig], ResolvedLLMConfig]
 # An agent handed through _wire keeps its own type (a GroupChatManager stays one).
@@ -61,6 +80,9 @@ class BudgetedGroupChat(GroupChat):
 
 
 class AgentFactory:
+    # Set by whoever builds the run's team when its agents may call tools (skills, MCP).
+    tools: ToolAttacher | None = None
+
     def __init__(
         self,
         recorder: UsageRecorder,
@@ -117,6 +139,14 @@ class AgentFactory:
         else:
             kwargs["system_message"] = cfg.system_message or ""
             agent = UserProxyAgent(**kwargs)
+        if kwargs["code_execution_config"] is not False:
+            drop_terminate_in_code(agent, cfg.is_termination_msg or "TERMINATE")
+        if kwargs["llm_config"] is False:
+            end_when_nothing_to_add(agent)
+        else:
+            hide_claims_made_before_the_run(agent)
+        if self.tools is not None:
+            self.tools(agent, cfg)
         return self._wire(agent)
 
     def default_user_proxy(self, name: str = "userproxy") -> ConversableAgent:
@@ -129,6 +159,9 @@ class AgentFactory:
             llm_config=False,
             is_termination_msg=termination_check(None),
         )
+        end_when_nothing_to_add(agent)
+        if self.tools is not None:
+            self.tools(agent, None)
         return self._wire(agent)
 
     def group_manager(self, spec: AgentFlowSpec | None, members: list[AgentFlowSpec]) -> GroupChatManager:
@@ -176,7 +209,12 @@ class AgentFactory:
                 "set code_execution_config to false"
             )
         executor = self._executors(cfg)
-        return {"executor": executor} if executor is not None else False
+        if executor is None:
+            return False
+        note = getattr(executor, "note", None)  # e.g. the local sandbox standing in for Docker
+        if isinstance(note, str) and note not in self.notes:
+            self.notes.append(note)
+        return {"executor": executor}
 
     def _wire(self, agent: _Agent) -> _Agent:
         recorder, transcript, name = self.recorder, self.transcript, agent.name
@@ -222,3 +260,103 @@ def termination_check(keyword: str | None, runs_code: bool = False) -> Callable[
 def has_runnable_code(text: str) -> bool:
     """Whether the text holds a fenced block in a language the sandboxes run."""
     return any(lang.lower() in LANGUAGES for lang, _ in extract_code(text) if lang != UNKNOWN)
+
+
+# How AutoGen's user proxy reports a block that ran, exited 0 and printed something (its
+# code-execution reply; the sandboxes mark an empty output with NO_OUTPUT_NOTE).
+_RAN_OK = re.compile(
+    r"^exitcode: 0 \(execution succeeded\)\nCode output: (?!\s*$)(?!" + re.escape(NO_OUTPUT_NOTE) + ")"
+)
+
+
+def end_when_nothing_to_add(agent: ConversableAgent) -> None:
+    """Make an agent without an LLM end a two-party chat when it has nothing to say.
+
+    Its reply functions run in AutoGen's order (termination and a human's reply, then code
+    execution); this one comes last, where AutoGen would otherwise send `default_auto_reply`:
+    - with an empty default reply: the chat ends (AutoGen would send an empty message);
+    - right after code it ran succeeded and printed something, a reply without code is the
+      answer to that output: the chat ends (a default reply such as "go on, reply TERMINATE
+      when done" would only buy a "TERMINATE" from the model). Before any code ran, after a
+      failed run and after code that printed nothing, a default reply is still sent: it asks
+      for (fixed) code, which is work, not a formality.
+    In a group chat (the manager asks for a reply) it changes nothing: a member's turn is the
+    manager's to give.
+    """
+
+    def nothing_to_add(
+        recipient: ConversableAgent,
+        messages: list[dict[str, Any]] | None = None,
+        sender: Agent | None = None,
+        config: Any | None = None,
+    ) -> tuple[bool, str | None]:
+        if isinstance(sender, GroupChatManager) or not messages:
+            return False, None
+        if recipient._default_auto_reply and not _answers_code_output(messages):
+            return False, None
+        return True, None  # no reply: AutoGen ends the chat here
+
+    agent.register_reply([Agent, None], nothing_to_add, position=len(agent._reply_func_list))
+
+
+def _answers_code_output(messages: list[dict[str, Any]]) -> bool:
+    """Whether the last message replies to this agent's report of code that ran successfully."""
+    if len(messages) < 2 or messages[-2].get("role") != "assistant":  # the agent's own message
+        return False
+    return bool(_RAN_OK.match(message_text(messages[-2])))
+
+
+# A fenced code block, as AutoGen's extractor finds them; and an execution report (any exit code).
+_CODE_BLOCK = re.compile(r"```[ \t]*\w*[ \t]*\r?\n.*?\r?\n[ \t]*```", re.DOTALL)
+_RAN = re.compile(r"^exitcode: -?\d+")
+
+
+def hide_claims_made_before_the_run(agent: ConversableAgent) -> None:
+    """Before each LLM call, trim the agent's own messages whose code then ran to end at their
+    last code block: the model sees its code and the real output, not the result it guessed."""
+
+    def trim(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        view: list[dict[str, Any]] | None = None
+        for i, message in enumerate(messages[:-1]):
+            content = message.get("content")
+            if message.get("role") != "assistant" or not isinstance(content, str):
+                continue
+            if not _RAN.match(message_text(messages[i + 1])):
+                continue
+            blocks = [b for b in _CODE_BLOCK.finditer(content) if _runnable(b.group(0))]
+            if not blocks or not content[blocks[-1].end() :].strip():
+                continue
+            if view is None:
+                view = list(messages)  # AutoGen's own history stays as it was said
+            view[i] = {**message, "content": content[: blocks[-1].end()]}
+        return messages if view is None else view
+
+    agent.register_hook("process_all_messages_before_reply", trim)
+
+
+def drop_terminate_in_code(agent: ConversableAgent, keyword: str) -> None:
+    """The message the agent is about to act on, cleaned of what was never meant to run: a
+    termination word alone on the last line of a code block (meant for the chat, not the
+    interpreter), and, next to code it can run, blocks in a language no sandbox runs (small
+    models add an "```output" block with the output they expect, which would fail the whole
+    run as an unsupported language). Only the agent's own reading changes: the transcript
+    keeps what was said."""
+    last_line = re.compile(rf"(\r?\n)[ \t]*{re.escape(keyword)}[.!]?[ \t]*(\r?\n[ \t]*```)")
+
+    def drop(content: Any) -> Any:
+        if not isinstance(content, str) or "```" not in content:
+            return content
+        if keyword in content:
+            content = _CODE_BLOCK.sub(lambda block: last_line.sub(r"\2", block.group(0)), content)
+        if has_runnable_code(content):
+            content = _CODE_BLOCK.sub(lambda b: b.group(0) if _runnable(b.group(0)) else "", content)
+        return content
+
+    agent.register_hook("process_last_received_message", drop)
+
+
+def _runnable(block: str) -> bool:
+    """Whether a fenced block is tagged with a language the sandboxes run (untagged: AutoGen
+    guesses, so it is left to run)."""
+    lang = block[3:].split("\n", 1)[0].strip().lower()
+    return not lang or lang in LANGUAGES

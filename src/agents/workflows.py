@@ -143,15 +143,19 @@ def _sequential(
     parts: dict[str, str] = {}
     answer = ""
     message = _history_preface(task, history)
-    for spec in flow.receivers():
+    receivers = flow.receivers()
+    for index, spec in enumerate(receivers):
         receiver = factory.build(spec)
+        # The last chat's summary is handed to nobody: an LLM reflection on it would be a call
+        # whose answer is thrown away.
+        last = index == len(receivers) - 1
         answer, summary, hit = _chat(
             sender,
             receiver,
             message,
             factory,
             carryover=list(summaries),
-            summary_method=flow.summary_method,
+            summary_method=SummaryMethod.last if last else flow.summary_method,
         )
         parts[spec.agent_name] = answer
         if hit is not None:

@@ -38,6 +38,10 @@ Observer = Callable[[str, dict], None]
 # Exit code reported for a block stopped by the timeout, as AutoGen's own executors do.
 TIMEOUT_EXIT_CODE = 124
 CANCELLED_MESSAGE = "Execution cancelled: the sandbox was closed."
+# The output of blocks that succeeded and printed nothing: said, so that the model writing the
+# code does not read an empty output as an answer to guess around (an expression whose value
+# was never printed).
+NO_OUTPUT_NOTE = "(the code printed nothing: print() the result to see it)"
 KILLED_EXIT_CODE = 137
 
 
@@ -78,6 +82,9 @@ class SandboxExecutor(ABC):
     _owner: tuple[int, int] | None = None
     # Whether _run() can feed the code to the bootstrap's stdin (see codeprep).
     _code_via_stdin: bool = False
+    # A note for the run's answer about where the code runs (the local sandbox standing in
+    # for Docker); None: it runs where the workflow asked.
+    note: str | None = None
 
     def __init__(
         self,
@@ -137,7 +144,19 @@ class SandboxExecutor(ABC):
             if exit_code != 0:
                 break
         output, _ = cap_text("".join(outputs), self._output_limit)
+        if exit_code == 0 and not output.strip():
+            output = NO_OUTPUT_NOTE + "\n"
         return CommandLineCodeResult(exit_code=exit_code, output=output, code_file=first_file)
+
+    def execute_quietly(self, block: CodeBlock) -> CommandLineCodeResult:
+        """One block, contained exactly as `execute_code_blocks` contains it (timeout, output
+        cap, cancel), without telling the observer: for a caller that reports the run itself
+        (an agent's tool call, whose events name the tool rather than the program)."""
+        if self._closed.is_set():
+            return CommandLineCodeResult(exit_code=1, output=CANCELLED_MESSAGE)
+        exit_code, text, code_path = self._execute_one(block, notify=False)
+        output, _ = cap_text(text, self._output_limit)
+        return CommandLineCodeResult(exit_code=exit_code, output=output, code_file=code_path)
 
     @abstractmethod
     def restart(self) -> None:
@@ -214,8 +233,9 @@ class SandboxExecutor(ABC):
             # A broken observer (UI, storage) must not change what the code run returns.
             log.exception("code execution observer failed on %s", event)
 
-    def _execute_one(self, block: CodeBlock) -> tuple[int, str, str | None]:
-        self._notify(EVENT_START, {"language": block.language, "code": block.code})
+    def _execute_one(self, block: CodeBlock, notify: bool = True) -> tuple[int, str, str | None]:
+        if notify:
+            self._notify(EVENT_START, {"language": block.language, "code": block.code})
         started = time.monotonic()
         prepared = prepare_block(
             block.language, block.code, *self._code_dirs(), via_stdin=self._code_via_stdin
@@ -248,6 +268,8 @@ class SandboxExecutor(ABC):
                     f"the sandbox's memory limit ({self._memory_limit}).",
                 )
         duration = time.monotonic() - started
+        if not notify:
+            return exit_code, text, prepared.code_path
         self._notify(
             EVENT_RESULT,
             {

@@ -4,6 +4,12 @@ Everything that can make a run impossible is checked here, before the
 conversation starts, so the user gets one clear ExecutionUnavailable instead of
 a failure in the middle of a chat. Nothing slow happens here: no container is
 started (that waits for the first code block) and no image is ever pulled.
+
+Two people read that error: the person chatting, who can only pick another workflow or ask,
+and the operator, who can fix the server. When no sandbox can run a workflow's code the
+message speaks to both (`no_sandbox`). When Docker is asked for but has no engine here and the
+local sandbox stands in (`fallback_to_local`), the executor carries a note saying so, which
+the run's answer shows.
 """
 
 from __future__ import annotations
@@ -80,7 +86,10 @@ def open_executor(
     if kind == "unsafe-local":
         return UnsafeLocalExecutor(**common)
     if kind == "local":
-        return BwrapSandboxExecutor(**common)
+        try:
+            return BwrapSandboxExecutor(**common)
+        except ExecutionUnavailable as local_problem:
+            raise no_sandbox(str(local_problem)) from None
 
     try:
         client = connect(settings)
@@ -90,14 +99,35 @@ def open_executor(
             client.close()
             raise
     except ExecutionUnavailable as docker_problem:
-        if not settings.fallback_to_local or request.image not in (None, settings.image):
-            raise
+        if request.image not in (None, settings.image):
+            raise  # an image the user named: theirs to change, never silently replaced
+        if not settings.fallback_to_local:
+            raise no_sandbox(
+                f"{docker_problem}; or set code_execution.fallback_to_local to true "
+                f"({FALLBACK_ENV}=true) to run such code in the local bubblewrap sandbox"
+            ) from None
         try:
             executor = BwrapSandboxExecutor(**common)
         except ExecutionUnavailable as local_problem:
-            raise ExecutionUnavailable(
-                f"{docker_problem}; the local fallback failed too: {local_problem}"
-            ) from None
+            raise no_sandbox(f"{docker_problem}; the local fallback failed too: {local_problem}") from None
         log.warning("Docker sandbox unavailable, using the local sandbox: %s", docker_problem)
+        executor.note = FALLBACK_NOTE
         return executor
     return DockerSandboxExecutor(client=client, image=image, **common)
+
+
+FALLBACK_ENV = "AUTOBOTS_CODE_EXECUTION__FALLBACK_TO_LOCAL"
+FALLBACK_NOTE = (
+    "the workflow asked for the Docker sandbox, which this server does not have: its code ran in "
+    "the local (bubblewrap) sandbox instead"
+)
+
+
+def no_sandbox(operator_hint: str) -> ExecutionUnavailable:
+    """The error for a workflow whose code no sandbox here can run: what the person chatting can
+    do, then what the operator must set."""
+    return ExecutionUnavailable(
+        "This workflow runs code, and this server has no sandbox to run it in. You can pick a "
+        "workflow that runs no code (or set the agent's code_execution_config to false), or ask "
+        f"the server's operator to set up a sandbox. For the operator: {operator_hint}."
+    )

@@ -87,7 +87,11 @@ class ExecutionSettings(pydantic.BaseModel):
     pids_limit: int = pydantic.Field(default=128, ge=8, le=65536)
     cpus: float = pydantic.Field(default=1.0, gt=0, le=256)
     output_limit_bytes: int = pydantic.Field(default=65536, ge=1024, le=64 * 1024 * 1024)
-    fallback_to_local: bool = False
+    # Where no Docker engine answers (or the default image is missing), run the code in the
+    # local bubblewrap sandbox rather than fail the run: the shipped examples ask for Docker,
+    # and a server without an engine should still run them. Only where bubblewrap works; the
+    # answer's notes say so. An image a request names explicitly is never replaced.
+    fallback_to_local: bool = True
     # Enables executor "unsafe-local": a plain subprocess with rlimits only. The code
     # then runs with the server's uid and sees the server's whole file system.
     allow_unsafe_local: bool = False

@@ -56,6 +56,8 @@ class ExampleWorkflow(BaseModel):
     # Whether an agent runs code, and whether this server has the sandbox that code needs.
     needs_sandbox: bool = False
     sandbox_available: bool = True
+    # The code asks for Docker, which this server lacks: it runs in the local sandbox instead.
+    sandbox_fallback: bool = False
 
 
 class ExamplesResponse(Envelope[list[ExampleWorkflow]]):
@@ -108,29 +110,37 @@ def _executors(value: Any) -> set[str]:
     return set()
 
 
-_SANDBOX_CACHE: dict[tuple[int, str], tuple[float, bool]] = {}
+_SANDBOX_CACHE: dict[tuple[int, str], tuple[float, str | None]] = {}
 SANDBOX_CACHE_S = 60.0
 
 
-def sandbox_available(settings: ExecutionSettings, kind: str) -> bool:
-    """Whether executor `kind` ("" = the server's) can run here; remembered for a minute."""
+def sandbox_for(settings: ExecutionSettings, kind: str) -> str | None:
+    """The sandbox that would run code asking for executor `kind` ("" = the server's): "docker",
+    "local" (asked for, or standing in for a missing Docker engine), "unsafe-local", or None
+    where none can. Remembered for a minute."""
     kind = kind or settings.executor
     key = (id(settings), kind)
     cached = _SANDBOX_CACHE.get(key)
     if cached and time.monotonic() - cached[0] < SANDBOX_CACHE_S:
         return cached[1]
+    found: str | None = None
     if kind == "unsafe-local":
-        ok = settings.allow_unsafe_local
-    else:
-        ok = kind == "docker" and docker_available(settings)
-        if not ok and (kind == "local" or settings.fallback_to_local):
-            try:
-                check_bwrap()
-                ok = True
-            except ExecutionUnavailable:
-                ok = False
-    _SANDBOX_CACHE[key] = (time.monotonic(), ok)
-    return ok
+        found = kind if settings.allow_unsafe_local else None
+    elif kind == "docker" and docker_available(settings):
+        found = "docker"
+    elif kind == "local" or settings.fallback_to_local:
+        try:
+            check_bwrap()
+            found = "local"
+        except ExecutionUnavailable:
+            found = None
+    _SANDBOX_CACHE[key] = (time.monotonic(), found)
+    return found
+
+
+def sandbox_available(settings: ExecutionSettings, kind: str) -> bool:
+    """Whether code asking for executor `kind` ("" = the server's) can run here."""
+    return sandbox_for(settings, kind) is not None
 
 
 def _runs_code(value: Any) -> bool:
@@ -152,6 +162,9 @@ def examples() -> tuple[Response, int]:
         kinds = _executors(example.flow_config)
         example.needs_sandbox = bool(kinds)
         example.sandbox_available = all(sandbox_available(settings, k) for k in kinds)
+        example.sandbox_fallback = example.sandbox_available and any(
+            (k or settings.executor) == "docker" and sandbox_for(settings, k) == "local" for k in kinds
+        )
     return envelope(True, f"{len(found)} example workflows", data=[e.model_dump(mode="json") for e in found])
 
 

@@ -150,6 +150,14 @@ export function stepsDisclosure(messages, { open = false } = {}) {
   return details;
 }
 
+/** What the server says about how the answer was made (a stand-in model, the local sandbox
+ * running code that asked for Docker), in plain sight under the answer. */
+function answerNotes(meta) {
+  const notes = meta?.models?.notes || [];
+  if (!notes.length) return null;
+  return h("ul", { class: "answer-notes" }, notes.map((note) => h("li", {}, note)));
+}
+
 /** The team's answer. ctx: {userId, sessionId, readOnly, runsCode}. */
 export function assistantMessage(msg, ctx = {}) {
   const meta = msg.metadata || {};
@@ -158,7 +166,7 @@ export function assistantMessage(msg, ctx = {}) {
     "article",
     { class: "msg msg-assistant", "data-msg-id": msg.msg_id || null, "aria-label": `${author} answered` },
     h("div", { class: "msg-head" }, avatar(TEAM, "team"), h("span", { class: "msg-author" }, author), statusBadges(meta), time(msg.timestamp)),
-    h("div", { class: "msg-body" }, renderMarkdown(msg.content), codeRunPanel(meta.messages, ctx.runsCode), filesList(meta.files, ctx), stepsDisclosure(meta.messages)),
+    h("div", { class: "msg-body" }, renderMarkdown(msg.content), codeRunPanel(meta.messages, ctx.runsCode), answerNotes(meta), filesList(meta.files, ctx), stepsDisclosure(meta.messages)),
     usageFooter(meta, msg.content),
   );
 }

@@ -245,7 +245,7 @@ export class WorkflowPicker {
       input,
       h("span", { class: "picker-card-top" }, h("span", { class: "picker-name" }, title), h("span", { class: `badge badge-type type-${type.toLowerCase()}` }, type)),
       h("span", { class: "picker-desc" }, description || TYPE_HELP[type] || ""),
-      note ? h("span", { class: "picker-note" }, note) : null,
+      note ? h("span", { class: `picker-note picker-note-${note.kind}` }, note.text) : null,
     );
   }
 
@@ -342,9 +342,13 @@ function safeParse(text) {
   }
 }
 
-/** A short note on an example that runs code in a sandbox this server lacks. */
+/** A short note on an example that runs code in a sandbox this server lacks (or whose code runs
+ * in the local sandbox because this server has no Docker engine). */
 function sandboxNote(example) {
-  return example.needs_sandbox && example.sandbox_available === false ? "Needs a code sandbox this server does not have: its code would not run." : null;
+  if (!example.needs_sandbox) return null;
+  if (example.sandbox_available === false) return { kind: "missing", text: "Needs a code sandbox this server does not have: its code would not run." };
+  if (example.sandbox_fallback) return { kind: "fallback", text: "No Docker on this server: its code runs in the local sandbox instead." };
+  return null;
 }
 
 // The workflow as the person gave it (the server returns it with every default filled in) ---
