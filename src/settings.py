@@ -93,6 +93,22 @@ class LLMSettings(BaseModel):
         return None if value is None else [check_prefix(p) for p in value]
 
 
+class ToolSettings(BaseModel):
+    """What agents' tools may reach: MCP servers (`mcp_servers` in an agent config) only at URLs
+    that start with one of `mcp_allowed_urls` (matched as `llm.allowed_base_urls`; default: none)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    mcp_allowed_urls: list[str] = Field(default_factory=list, max_length=100)
+    # One MCP request (listing tools, one call) may take this long.
+    mcp_timeout_s: float = Field(30, gt=0, le=3600)
+
+    @field_validator("mcp_allowed_urls")
+    @classmethod
+    def _prefixes(cls, value: list[str]) -> list[str]:
+        return [check_prefix(p) for p in value]
+
+
 class RunSettings(BaseModel):
     """Live runs: how many run at once, how long a human has to answer, SSE keep-alive, and
     where they run: in this process (no `broker_url`, the default), or on Celery workers fed by
@@ -179,6 +195,7 @@ class Settings(BaseSettings):
     client: ClientSettings = Field(default_factory=ClientSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
+    tools: ToolSettings = Field(default_factory=ToolSettings)
     # What the original project's client scripts read from this file.
     default_user_id: str = Field("guestuser@autobots.local", min_length=1, max_length=200)
     default_session_id: str | None = None

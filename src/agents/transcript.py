@@ -2,7 +2,8 @@
 
 A hook on each agent's `process_message_before_send` sees each message once, at the moment it is
 said, in the thread that says it. A group chat manager's sends are relays of a member's message to
-the other members, so they are not recorded again.
+the other members, so they are not recorded again. A message of function calling keeps its tool
+calls (or the results given back) beside its text.
 """
 
 from __future__ import annotations
@@ -26,15 +27,47 @@ class InnerMessage:
     content: str
     timestamp: datetime
     usage: dict[str, Any] | None = None
+    # The tools the message calls ({id, name, arguments}), or the results it gives back
+    # ({tool_call_id, content}); only messages of function calling have them.
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_responses: list[dict[str, Any]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        said: dict[str, Any] = {
             "sender": self.sender,
             "recipient": self.recipient,
             "content": self.content,
             "timestamp": self.timestamp.isoformat(),
             "usage": self.usage,
         }
+        if self.tool_calls:
+            said["tool_calls"] = self.tool_calls
+        if self.tool_responses:
+            said["tool_responses"] = self.tool_responses
+        return said
+
+
+def tool_parts(
+    message: dict[str, Any] | str,
+) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None]:
+    """The tool calls and tool results an AutoGen message carries, in a plain shape."""
+    if not isinstance(message, dict):
+        return None, None
+    calls = [
+        {
+            "id": c.get("id"),
+            "name": (c.get("function") or {}).get("name"),
+            "arguments": (c.get("function") or {}).get("arguments"),
+        }
+        for c in message.get("tool_calls") or []
+        if isinstance(c, dict)
+    ]
+    responses = [
+        {"tool_call_id": r.get("tool_call_id"), "content": r.get("content")}
+        for r in message.get("tool_responses") or []
+        if isinstance(r, dict)
+    ]
+    return calls or None, responses or None
 
 
 def message_text(message: dict[str, Any] | str | None) -> str:
@@ -71,7 +104,7 @@ class Transcript:
 
         def hook(sender: Agent, message: dict[str, Any] | str, recipient: Agent, silent: bool) -> Any:
             if not getattr(self._local, "muted", False):
-                self._record(sender.name, recipient.name, message_text(message))
+                self._record(sender.name, recipient.name, message_text(message), *tool_parts(message))
             return message
 
         agent.register_hook("process_message_before_send", hook)
@@ -103,7 +136,14 @@ class Transcript:
         finally:
             self._local.scope = previous
 
-    def _record(self, sender: str, recipient: str, content: str) -> None:
+    def _record(
+        self,
+        sender: str,
+        recipient: str,
+        content: str,
+        tool_calls: list[dict[str, Any]] | None = None,
+        tool_responses: list[dict[str, Any]] | None = None,
+    ) -> None:
         scope: ChatScope | None = getattr(self._local, "scope", None)
         calls = self._recorder.take_pending(sender)
         usage = summarize(calls) if calls else None
@@ -112,7 +152,7 @@ class Transcript:
                 k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens", "total_cost")
             }
             usage["llm_calls"] = len(calls)
-        msg = InnerMessage(sender, recipient, content, datetime.now(UTC), usage)
+        msg = InnerMessage(sender, recipient, content, datetime.now(UTC), usage, tool_calls, tool_responses)
         with self._lock:
             self._messages.append(msg)
         if scope is not None:

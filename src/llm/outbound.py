@@ -119,6 +119,21 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
+def check_listed(url: str, prefixes: Iterable[str], setting: str) -> Target:
+    """`url` parsed, if it continues one of `prefixes` (matched as `llm.allowed_base_urls` are);
+    else `OutboundRefused` naming the setting that lists them. No prefix: nothing is allowed."""
+    target = parse(url)
+    listed = list(prefixes)
+    for text in listed:
+        try:
+            if _Prefix(parse(text), text).covers(target):
+                return target
+        except OutboundRefused:
+            continue
+    allowed = f"allowed: URLs that start with {' or '.join(listed)}" if listed else "none is allowed"
+    raise OutboundRefused(f"is not allowed on this server ({allowed}; the operator lists them in {setting})")
+
+
 def is_local_host(host: str) -> bool:
     """Loopback (127.0.0.0/8, ::1, also IPv4-mapped), `localhost` and its sub-names, and the
     unspecified address (0.0.0.0 and :: reach this machine on Linux)."""

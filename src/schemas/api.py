@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 
 from .chat import GalleryItem, Message, Session
 from .pagination import PageQuery
@@ -55,6 +55,24 @@ class NewMessage(Message):
 class PostMessageRequest(_Body):
     message: NewMessage
     flow_config: AgentWorkFlowConfig | None = None
+    # A saved workflow (or a built-in) instead of flow_config: the run records its id and version.
+    workflow_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="a saved workflow's id, instead of flow_config",
+    )
+    workflow_version: int | None = Field(
+        default=None, ge=1, le=2**31 - 1, description="with workflow_id: that version (default: the newest)"
+    )
+
+    @model_validator(mode="after")
+    def _one_workflow(self) -> PostMessageRequest:
+        if self.workflow_id is not None and self.flow_config is not None:
+            raise ValueError("give flow_config or workflow_id, not both")
+        if self.workflow_version is not None and self.workflow_id is None:
+            raise ValueError("workflow_version needs workflow_id")
+        return self
 
 
 class PostMessageResponse(Envelope[Message]):
@@ -84,9 +102,20 @@ class SessionsQuery(PageQuery):
 
 class NewSession(_Body):
     user_id: str | None = UserId
-    flow_config: AgentWorkFlowConfig
+    flow_config: AgentWorkFlowConfig | None = None
     session_id: str | None = Field(default=None, max_length=100)
     name: str | None = Field(default=None, max_length=200)
+    # A saved workflow (or a built-in) instead of flow_config: the session records it.
+    workflow_id: str | None = Field(default=None, min_length=1, max_length=100)
+    workflow_version: int | None = Field(default=None, ge=1, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _one_workflow(self) -> NewSession:
+        if (self.flow_config is None) == (self.workflow_id is None):
+            raise ValueError("give flow_config or workflow_id (one of them)")
+        if self.workflow_version is not None and self.workflow_id is None:
+            raise ValueError("workflow_version needs workflow_id")
+        return self
 
 
 class CreateSessionRequest(_Body):
@@ -172,6 +201,8 @@ class RunInfo(BaseModel):
     assistant_msg_id: str | None = None
     input_prompt: str | None = None
     input_prompt_id: str | None = None
+    workflow_id: str | None = None
+    workflow_version: int | None = None
 
 
 class RunResponse(Envelope[RunInfo]):

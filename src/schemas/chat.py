@@ -58,6 +58,9 @@ class Session(_Model):
     name: str | None = Field(default=None, max_length=200)
     flow_config: AgentWorkFlowConfig
     timestamp: datetime = Field(default_factory=utcnow)
+    # The saved workflow and version the session was started from (None: a bare flow_config).
+    workflow_id: str | None = Field(default=None, max_length=100)
+    workflow_version: int | None = None
 
 
 class PublishedSession(_Model):

@@ -30,6 +30,9 @@ class EventKind(StrEnum):
     LLM_CALL = "llm_call"
     CODE_EXECUTION_START = EVENT_START
     CODE_EXECUTION_RESULT = EVENT_RESULT
+    # An agent's tool (skill, built-in or MCP tool) called, and its result or error.
+    TOOL_CALL = "tool_call"
+    TOOL_RESULT = "tool_result"
     INPUT_REQUEST = "input_request"
     INPUT_TIMEOUT = "input_timeout"
     FINAL = "final"

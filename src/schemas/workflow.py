@@ -14,6 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from .skills import McpServer, SkillRef, SkillSpec, check_unique
+
 
 class WorkflowType(StrEnum):
     autonomous = "autonomous"
@@ -198,6 +200,23 @@ class AgentConfig(_Lenient):
     allow_repeat_speaker: bool = True
     max_round: int = Field(10, ge=1, le=1000)
     speaker_selection_method: SpeakerSelection = SpeakerSelection.auto
+    # Tools the agent may call (function calling); the agent it talks to runs them (skills/MCP).
+    skills: list[SkillRef] = Field(
+        default_factory=list,
+        max_length=50,
+        description="tools offered to this agent: {name, description, code} skills, or the names of "
+        "library skills (/api/skills) and built-ins (past_runs); run in the sandbox of the agent it talks to",
+    )
+    mcp_servers: list[McpServer] = Field(
+        default_factory=list,
+        max_length=10,
+        description="streamable-HTTP MCP servers whose tools this agent is offered (tools.mcp_allowed_urls)",
+    )
+
+    @field_validator("skills")
+    @classmethod
+    def _unique_skills(cls, value: list[str | SkillSpec]) -> list[str | SkillSpec]:
+        return check_unique(value)
 
     @field_validator("code_execution_config", mode="before")
     @classmethod
@@ -333,10 +352,9 @@ class AgentWorkFlowConfig(_Lenient):
             return list(self.receiver)
         return [self.receiver] if self.receiver is not None else []
 
-    def endpoints(self) -> Iterator[tuple[str, ModelEndpoint]]:
-        """Every `config_list` entry of every agent the config holds, with its path in the
-        request (`flow_config.agents[1].agent.config.llm_config.config_list[0]`), so that a
-        refused one can be named as the user wrote it."""
+    def agent_specs(self) -> Iterator[tuple[str, AgentFlowSpec]]:
+        """Every agent spec the config holds, members included, with its path in the request
+        (`flow_config.agents[1].agent`), so that a refused field can be named as the user wrote it."""
         tops: list[tuple[str, AgentFlowSpec]] = [
             (f"flow_config.agents[{i}].agent", a.agent) for i, a in enumerate(self.agents)
         ]
@@ -349,6 +367,12 @@ class AgentWorkFlowConfig(_Lenient):
         while tops:
             path, spec = tops.pop(0)
             tops[:0] = [(f"{path}.agents[{i}]", member) for i, member in enumerate(spec.agents)]
+            yield path, spec
+
+    def endpoints(self) -> Iterator[tuple[str, ModelEndpoint]]:
+        """Every `config_list` entry of every agent the config holds, with its path in the
+        request (`flow_config.agents[1].agent.config.llm_config.config_list[0]`)."""
+        for path, spec in self.agent_specs():
             if spec.config.llm_config:
                 for i, entry in enumerate(spec.config.llm_config.config_list):
                     yield f"{path}.config.llm_config.config_list[{i}]", entry

@@ -35,6 +35,7 @@ from ..schemas.chat import Message, Session
 from ..schemas.workflow import (
     AgentWorkFlowConfig,
 )
+from ..schemas.workflows import WorkflowRef
 from ..settings import Settings
 from ..storage.repository import Conflict, Repository, TooManyLiveRuns
 from . import answers
@@ -43,7 +44,7 @@ from .errors import BadRequest, DependencyUnavailable, LLMEndpointError, RunFail
 from .executors import RunExecutors
 from .limits import UserLimits
 from .provider_errors import describe_failure, redact
-from .teams import TeamGate
+from .teams import TeamGate, run_history, skill_library
 
 
 @dataclass
@@ -115,17 +116,25 @@ class ChatService:
         self.settings = settings
         self.repo = repo
         self._limits = limits
-        self.teams = TeamGate(settings, credentials)
+        self.teams = TeamGate(settings, credentials, skills=skill_library(repo), history=run_history(repo))
         # Where each LLM call is stored as it completes (a batching writer in the server).
         self._store_call: CallStore = call_store or repo.add_llm_call
 
     # answering ---------------------------------------------------------------------------------
 
     def prepare(
-        self, message: Message, flow: AgentWorkFlowConfig | None, interactive: bool = True
+        self,
+        message: Message,
+        flow: AgentWorkFlowConfig | None,
+        interactive: bool = True,
+        workflow: WorkflowRef | None = None,
+        history: list[Turn] | None = None,
     ) -> PreparedRun:
         """Check the request, then store the question, the run (and a new session) together.
-        `interactive`: whether a human may be asked during the run (stored for its worker)."""
+        `interactive`: whether a human may be asked during the run (stored for its worker).
+        `workflow`: the saved workflow `flow` is (recorded with the run and a new session; a
+        session's follow-up without a flow records the session's). `history`: the earlier turns
+        as the client holds them (the OpenAI-compatible endpoint), instead of the session's."""
         if message.role != "user":
             raise BadRequest("message.role must be 'user' for a message to answer")
         if self._limits is not None:
@@ -135,8 +144,10 @@ class ChatService:
         session = self.repo.get_session(message.user_id, session_id)
         if flow is None:
             if session is None:
-                raise BadRequest("flow_config is required for a new session")
+                raise BadRequest("flow_config (or workflow_id) is required for a new session")
             flow = session.flow_config
+            if workflow is None and session.workflow_id is not None and session.workflow_version is not None:
+                workflow = WorkflowRef(session.workflow_id, session.workflow_version)
         runtime = self.teams.runtime_flow(message.user_id, flow)
         try:
             self.teams.validate_flow(runtime)
@@ -144,15 +155,24 @@ class ChatService:
             raise BadRequest(str(exc)) from exc
 
         message = message.model_copy(update={"session_id": session_id})
-        earlier = (
-            self.repo.last_messages(message.user_id, session_id, self.settings.limits.history_messages)
-            if session is not None
-            else []
-        )
         keep = self.settings.limits.history_messages
-        history = [Turn(m.role, m.content) for m in earlier[-keep:]] if keep else []
+        if history is None:
+            earlier = (
+                self.repo.last_messages(message.user_id, session_id, self.settings.limits.history_messages)
+                if session is not None
+                else []
+            )
+            history = [Turn(m.role, m.content) for m in earlier[-keep:]] if keep else []
+        else:
+            history = history[-keep:] if keep else []
         new_session = (
-            Session(session_id=session_id, user_id=message.user_id, flow_config=flow)
+            Session(
+                session_id=session_id,
+                user_id=message.user_id,
+                flow_config=flow,
+                workflow_id=workflow.workflow_id if workflow else None,
+                workflow_version=workflow.version if workflow else None,
+            )
             if session is None
             else None
         )
@@ -166,6 +186,7 @@ class ChatService:
                 flow=flow.model_dump(mode="json"),
                 max_live=max_live,
                 interactive=interactive,
+                workflow=workflow,
             )
         except Conflict as exc:
             raise BadRequest(str(exc)) from exc
@@ -200,6 +221,7 @@ class ChatService:
         factory = AgentFactory(
             recorder, transcript, lambda config: self.teams.resolve_llm(config, run.run_id), executors
         )
+        factory.tools = self.teams.toolbox(user_id, run.run_id, executors.for_tools, observer.on_event).attach
         with control.lock:
             control.recorder, control.transcript, control.executors = recorder, transcript, executors
             control.stoppers = factory.stoppers

@@ -21,15 +21,20 @@ from ..storage.database import create_db_engine, make_session_factory, migrate
 from ..storage.identity import IdentityRepository
 from ..storage.repository import Repository
 from ..storage.runstate import RunStateRepository
+from ..storage.workflows import WorkflowRepository
 from .backends import Backends, build_backends
 from .chat import ChatService
 from .credentials import CredentialService, credential_service
 from .event_writer import EventWriter
+from .history import RunHistory
 from .identity import IdentityService
 from .limits import UserLimits
 from .runs import RunManager
 from .sessions import SessionService
 from .shared_files import SharedFiles
+from .skills import SkillService
+from .teams import run_history, skill_library
+from .workflows import WorkflowService, runnable_check
 
 log = logging.getLogger("autobots")
 
@@ -46,6 +51,9 @@ class Services:
     limits: UserLimits
     credentials: CredentialService
     backends: Backends
+    skills: SkillService
+    history: RunHistory
+    workflows: WorkflowService
 
 
 def build_services(settings: Settings, recover: bool = True) -> Services:
@@ -92,4 +100,7 @@ def build_services(settings: Settings, recover: bool = True) -> Services:
         limits=user_limits,
         credentials=credentials,
         backends=backends,
+        skills=skill_library(repo),
+        history=run_history(repo),
+        workflows=WorkflowService(WorkflowRepository.alongside(repo), check_flow=runnable_check(chat.teams)),
     )

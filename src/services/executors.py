@@ -4,7 +4,8 @@ A run opens one executor (for Docker: one container) per distinct sandbox config
 image, work dir, timeout), shared by every agent that asks for that config: the copies of the
 sender that autonomous mode makes for parallel receivers, or several user proxies of a group
 chat. All of them work in the session's work dir, so files a block writes are there for the
-run's later blocks and for download afterwards.
+run's later blocks and for download afterwards. The tools (skills) an agent executes run in
+that agent's sandbox, or in the server's default one for an agent that runs no code (`for_tools`).
 """
 
 from __future__ import annotations
@@ -77,6 +78,15 @@ class RunExecutors:
         request = self._request(cfg)
         if request is None:
             return None
+        return self._open(request)
+
+    def for_tools(self, cfg: AgentConfig | None) -> SandboxExecutor:
+        """The sandbox the tools an agent executes run in: its own code-execution sandbox, or
+        the server's default one when it runs no code (`cfg` None: the default user proxy)."""
+        request = self._request(cfg) if cfg is not None else None
+        return self._open(request or ExecutionRequest())
+
+    def _open(self, request: ExecutionRequest) -> SandboxExecutor:
         with self._lock:
             slot = self._slots.setdefault(self._key(request), _Slot())
         with slot.lock:

@@ -24,11 +24,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ..agents.workflows import Turn
 from ..auth.secretbox import SecretBox
 from ..llm.usage import LLMCall, summarize
 from ..schemas.chat import Message
 from ..schemas.runs import TERMINAL, UNFINISHED, EventKind, RunStatus
 from ..schemas.workflow import AgentWorkFlowConfig
+from ..schemas.workflows import WorkflowRef
 from ..settings import RunSettings
 from ..storage.repository import Repository
 from ..storage.runstate import RunStateRepository
@@ -80,15 +82,26 @@ class RunManager:
     # starting ----------------------------------------------------------------------------------
 
     def submit(
-        self, message: Message, flow: AgentWorkFlowConfig | None, interactive: bool = True
+        self,
+        message: Message,
+        flow: AgentWorkFlowConfig | None,
+        interactive: bool = True,
+        workflow: WorkflowRef | None = None,
+        history: list[Turn] | None = None,
     ) -> PreparedRun:
-        """Store the question and queue the run; a bad request raises before anything is stored."""
-        return self._start(message, flow, interactive)[0]
+        """Store the question and queue the run; a bad request raises before anything is stored.
+        `workflow` and `history`: see `ChatService.prepare`."""
+        return self._start(message, flow, interactive, workflow, history)[0]
 
     def _start(
-        self, message: Message, flow: AgentWorkFlowConfig | None, interactive: bool
+        self,
+        message: Message,
+        flow: AgentWorkFlowConfig | None,
+        interactive: bool,
+        workflow: WorkflowRef | None = None,
+        history: list[Turn] | None = None,
     ) -> tuple[PreparedRun, LiveRun | None]:
-        prepared = self._chat.prepare(message, flow, interactive)
+        prepared = self._chat.prepare(message, flow, interactive, workflow, history)
         run_id = prepared.run_id
         live = None
         if self._b.distributed:
@@ -114,11 +127,17 @@ class RunManager:
             raise DependencyUnavailable(text, run_id, prepared.message) from exc
         return prepared, live
 
-    def run_blocking(self, message: Message, flow: AgentWorkFlowConfig | None) -> Message:
+    def run_blocking(
+        self,
+        message: Message,
+        flow: AgentWorkFlowConfig | None,
+        workflow: WorkflowRef | None = None,
+        history: list[Turn] | None = None,
+    ) -> Message:
         """The old clients' way: wait for the answer. Nobody can answer a human-input prompt here,
         so such prompts get no input, as in AutoGen's NEVER mode. Whatever ended the run (its
         worker, a cancel, a shutdown) decides the outcome: an answer, or the failure raised."""
-        prepared, live = self._start(message, flow, interactive=False)
+        prepared, live = self._start(message, flow, False, workflow, history)
         if live is not None:
             with live.changed:
                 while not live.concluded:

@@ -162,15 +162,17 @@ class Repository(Store):
         flow: dict[str, Any] | None = None,
         max_live: int = 0,
         interactive: bool = True,
+        workflow: tuple[str, int] | None = None,
     ) -> None:
         """Store the user's message and its run (and the session, if new) all or nothing; `flow`
-        is the workflow the run runs, as sent (credential references, never keys). With
+        is the workflow the run runs, as sent (credential references, never keys), `workflow` the
+        saved workflow's id and version it is (None: a bare flow_config). With
         `max_live`, a user who has that many unfinished runs already gets `TooManyLiveRuns`: the
         count and the insert are one step, so simultaneous requests cannot all slip past it."""
         if message.session_id is None:
             raise ValueError("a run belongs to a session")
         try:
-            self._start_run(run_id, message, new_session, status, flow, max_live, interactive)
+            self._start_run(run_id, message, new_session, status, flow, max_live, interactive, workflow)
         except IntegrityError as exc:  # an id taken by another process in the meantime
             raise Conflict(
                 f"session {message.session_id} or message {message.msg_id} is already in use"
@@ -185,6 +187,7 @@ class Repository(Store):
         flow: dict[str, Any] | None,
         max_live: int,
         interactive: bool,
+        workflow: tuple[str, int] | None = None,
     ) -> None:
         assert message.session_id is not None
         with self._write() as db:
@@ -207,6 +210,8 @@ class Repository(Store):
                     status=status,
                     flow=flow,
                     interactive=interactive,
+                    workflow_id=workflow[0] if workflow else None,
+                    workflow_version=workflow[1] if workflow else None,
                 )
             )
 
@@ -356,6 +361,8 @@ class Repository(Store):
                 "worker_id": run.worker_id,
                 "input_prompt": run.input_prompt,
                 "input_prompt_id": run.input_prompt_id,
+                "workflow_id": run.workflow_id,
+                "workflow_version": run.workflow_version,
             }
 
     def get_message(self, user_id: str, msg_id: str) -> Message | None:
@@ -414,6 +421,8 @@ def _session_row(session: Session) -> SessionRow:
         name=session.name,
         flow_config=session.flow_config.model_dump(mode="json"),
         created_at=session.timestamp,
+        workflow_id=session.workflow_id,
+        workflow_version=session.workflow_version,
     )
 
 
@@ -424,6 +433,8 @@ def _session(row: SessionRow) -> Session:
         name=row.name,
         flow_config=row.flow_config,
         timestamp=row.created_at,
+        workflow_id=row.workflow_id,
+        workflow_version=row.workflow_version,
     )
 
 

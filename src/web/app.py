@@ -13,7 +13,19 @@ from ..auth.settings import AuthMode
 from ..services.core import build_services
 from ..settings import Settings, load_settings
 from . import apidoc, limits, pages, security
-from .api import auth, credentials, files, gallery, health, messages, runs, sessions
+from .api import (
+    auth,
+    credentials,
+    files,
+    gallery,
+    health,
+    messages,
+    openai_compat,
+    runs,
+    sessions,
+    skills,
+    workflows,
+)
 from .auth import load_principal, refuse_unauthenticated
 from .errors import register_error_handlers, validation_error_response
 
@@ -48,7 +60,10 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.before_request(refuse_unauthenticated)
     register_error_handlers(app)
     security.install(app, settings.cors)
-    for module in (messages, runs, sessions, files, gallery, health, pages, auth, credentials):
+    for module in (messages, runs, sessions, files, gallery, health, pages, auth, credentials, workflows):
         app.register_api(module.bp)
+    app.register_api(skills.bp)
+    # OpenAI's API, not this one's: outside the OpenAPI document (see api/openai_compat.py).
+    app.register_blueprint(openai_compat.bp)
     apidoc.finish(app, settings)
     return app

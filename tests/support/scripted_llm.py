@@ -5,6 +5,9 @@ path runs for real. It counts tokens itself (one token per whitespace-separated 
 message), and remembers every request it served, so that tests can compare what the server
 reports against what the endpoint counted.
 
+A reply may call tools (`tool_reply(call("add", a=2, b=3))`): it then carries OpenAI
+`tool_calls`, streamed or not.
+
 Run standalone: `python tests/support/scripted_llm.py --port 0 --latency 0.5` prints its URL and
 answers every call with a fixed reply ending in TERMINATE.
 """
@@ -29,6 +32,18 @@ class Reply:
     delay: float = 0.0
     status: int = 200
     model: str | None = None
+    # Function calling: the tools the reply calls, as `call("add", a=2, b=3)` makes them.
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+def call(name: str, **arguments: Any) -> dict[str, Any]:
+    """One tool call for `Reply.tool_calls`."""
+    return {"id": f"call_{uuid.uuid4().hex[:10]}", "name": name, "arguments": arguments}
+
+
+def tool_reply(*calls: dict[str, Any], content: str = "") -> Reply:
+    """A reply that calls these tools (and says `content`, usually nothing)."""
+    return Reply(content, tool_calls=list(calls))
 
 
 Responder = Callable[[dict[str, Any]], "Reply | str"]
@@ -198,6 +213,8 @@ class ScriptedLLM:
                 time.sleep(delay)
             model = reply.model or str(body.get("model", "scripted"))
             p_tokens, c_tokens = prompt_tokens(body), max(1, count_tokens(reply.content))
+            if reply.tool_calls:
+                c_tokens += sum(count_tokens(json.dumps(c["arguments"])) + 1 for c in reply.tool_calls)
             if reply.status != 200:
                 p_tokens = c_tokens = 0
             # Recorded before the answer leaves: whoever got the answer finds the call counted.
@@ -218,22 +235,40 @@ class ScriptedLLM:
             if reply.status != 200:
                 handler._json(reply.status, {"error": {"message": reply.content, "type": "server_error"}})
             elif body.get("stream"):
-                self._stream(handler, body, model, reply.content, p_tokens, c_tokens)
+                self._stream(handler, body, model, reply.content, p_tokens, c_tokens, reply.tool_calls)
             else:
-                handler._json(200, _completion(model, reply.content, p_tokens, c_tokens))
+                handler._json(200, _completion(model, reply.content, p_tokens, c_tokens, reply.tool_calls))
         finally:
             with self._lock:
                 if generation == self.generation:
                     self._in_flight -= 1
 
     @staticmethod
-    def _stream(handler: Any, body: dict[str, Any], model: str, text: str, p: int, c: int) -> None:
+    def _stream(
+        handler: Any,
+        body: dict[str, Any],
+        model: str,
+        text: str,
+        p: int,
+        c: int,
+        tool_calls: list[dict[str, Any]] | None = None,
+    ) -> None:
         handler.send_response(200)
         handler.send_header("Content-Type", "text/event-stream")
         handler.send_header("Connection", "close")
         handler.end_headers()
         cid = f"chatcmpl-{uuid.uuid4().hex[:12]}"
-        words = text.split(" ")
+        words = text.split(" ") if text or not tool_calls else []
+        for i, call_ in enumerate(tool_calls or []):
+            delta = {"role": "assistant", "tool_calls": [dict(_wire_call(call_), index=i)]}
+            chunk = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+            }
+            handler.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
         for i, word in enumerate(words):
             piece = word if i == 0 else " " + word
             chunk = {
@@ -251,7 +286,7 @@ class ScriptedLLM:
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": model,
-            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls" if tool_calls else "stop"}],
         }
         handler.wfile.write(f"data: {json.dumps(final)}\n\n".encode())
         if (body.get("stream_options") or {}).get("include_usage"):
@@ -269,7 +304,28 @@ class ScriptedLLM:
         handler.close_connection = True
 
 
-def _completion(model: str, text: str, p: int, c: int) -> dict[str, Any]:
+def _wire_call(call_: dict[str, Any]) -> dict[str, Any]:
+    arguments = call_["arguments"]
+    return {
+        "id": call_.get("id") or f"call_{uuid.uuid4().hex[:10]}",
+        "type": "function",
+        "function": {
+            "name": call_["name"],
+            "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments),
+        },
+    }
+
+
+def _completion(
+    model: str, text: str, p: int, c: int, tool_calls: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_calls:
+        message = {
+            "role": "assistant",
+            "content": text or None,
+            "tool_calls": [_wire_call(t) for t in tool_calls],
+        }
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
         "object": "chat.completion",
@@ -278,8 +334,8 @@ def _completion(model: str, text: str, p: int, c: int) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": "stop",
+                "message": message,
+                "finish_reason": "tool_calls" if tool_calls else "stop",
                 "logprobs": None,
             }
         ],

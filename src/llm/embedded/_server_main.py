@@ -46,6 +46,9 @@ entry point are wrong for a server shared by several AutoGen agents and processe
    each other, which collapses on a busy machine; here ``thread_policy`` applies (the
    ``_threads`` module next to this file, loaded by path, chooses the count before each
    evaluation), and ``/autobots/health`` reports the count llama.cpp holds.
+13. The stock server answers OpenAI ``tools`` with plain text; here a request that offers tools
+   gets ``tool_calls`` (the ``_tool_calls`` module next to this file: the model's own template
+   and its ``<tool_call>`` blocks), streamed or not.
 """
 
 import argparse
@@ -432,6 +435,7 @@ def build_app(config: dict[str, Any], models: ResidentModels) -> Any:
         max_completion_tokens: int | None = None
 
     tagged = TaggedGenerations()
+    tool_calls = _load_sibling("_tool_calls")
 
     async def _publish(
         send_chan: Any, body: ChatRequest, kwargs: dict[str, Any], include_usage: bool, tag: str | None
@@ -573,6 +577,8 @@ def build_app(config: dict[str, Any], models: ResidentModels) -> Any:
             body.max_tokens = body.max_completion_tokens or config["default_max_tokens"]
         excluded = {"n", "logit_bias_type", "user", "min_tokens", "stream_options", "max_completion_tokens"}
         kwargs = body.model_dump(exclude=excluded)
+        if tool_calls.wants_tools(kwargs):
+            return await _with_tools(request, body, kwargs, tag, include_usage)
         if kwargs.get("stream", False):
             # Checked before the 200 and the event stream start, so it is a plain 404.
             models.check(body.model)
@@ -583,6 +589,32 @@ def build_app(config: dict[str, Any], models: ResidentModels) -> Any:
                 sep="\n",
             )
         return await _complete(request, body, kwargs, tag)
+
+    async def _with_tools(
+        request: Request, body: ChatRequest, kwargs: dict[str, Any], tag: str | None, include_usage: bool
+    ) -> Any:
+        """A request that offers tools: generated whole, its calls read out (see _tool_calls.py),
+        then answered as a completion or as a stream of chunks."""
+        stream = bool(kwargs.pop("stream", False))
+        tools = kwargs["tools"]
+        models.check(body.model)
+        body.stream = False
+        kwargs.update(
+            stream=False, tool_choice=None, messages=tool_calls.prepare_messages(kwargs["messages"])
+        )
+        result = await _complete(request, body, kwargs, tag)
+        if isinstance(result, Response):
+            return result
+        completion = tool_calls.to_tool_calls(result, tools)
+        if not stream:
+            return completion
+
+        async def chunks() -> AsyncIterator[dict[str, str]]:
+            for chunk in tool_calls.as_chunks(completion, include_usage):
+                yield {"data": json.dumps(chunk)}
+            yield {"data": "[DONE]"}
+
+        return EventSourceResponse(chunks(), sep="\n")
 
     app = FastAPI(title="autobots embedded models", version=llama_app.llama_cpp.__version__)
     app.add_middleware(RawContextMiddleware, plugins=(RequestIdPlugin(),))

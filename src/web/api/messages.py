@@ -34,8 +34,13 @@ RUN_ERRORS: ResponseDict = {**ERRORS, 502: ErrorResponse, 503: ErrorResponse}
 
 @bp.post("/messages", responses={200: PostMessageResponse, **RUN_ERRORS})
 def post_message(body: PostMessageRequest) -> tuple[Response, int]:
-    """Run the workflow on the message; blocks until the agents have answered."""
-    reply = services().runs.run_blocking(own_message(body.message), body.flow_config)
+    """Run the workflow (`flow_config`, or a saved one by `workflow_id`) on the message; blocks
+    until the agents have answered."""
+    message = own_message(body.message)
+    flow, ref = services().workflows.for_run(
+        message.user_id, body.flow_config, body.workflow_id, body.workflow_version
+    )
+    reply = services().runs.run_blocking(message, flow, workflow=ref)
     saved = reply.model_dump(mode="json")
     return envelope(True, reply.content, data=saved, metadata=saved)
 

@@ -1,8 +1,11 @@
-"""Live runs: start without waiting, watch as Server-Sent Events, cancel, answer a human prompt."""
+"""Live runs: start without waiting, watch as Server-Sent Events, cancel, answer a human prompt;
+and the run history (`GET /api/runs`: filters by workflow, status and time expression, see
+`services/history.py`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from flask import Response, request, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
@@ -10,6 +13,7 @@ from flask_openapi3.types import ResponseDict
 from pydantic import BaseModel, Field
 
 from ...schemas.api import (
+    Envelope,
     ErrorResponse,
     EventsQuery,
     PostMessageRequest,
@@ -17,10 +21,11 @@ from ...schemas.api import (
     RunQuery,
     RunResponse,
 )
-from ...schemas.runs import RunStatus
+from ...schemas.runs import EventKind, RunStatus
+from ...services.history import MAX_RUNS, SINCE_FORMS
 from ...services.runs import HEARTBEAT
 from .. import sse
-from ..auth import run_owner
+from ..auth import acting_user, run_owner
 from ..context import services
 from ..errors import envelope
 from .messages import own_message
@@ -36,7 +41,11 @@ class RunPath(BaseModel):
 @bp.post("/runs", responses={202: RunResponse, **ERRORS})
 def start_run(body: PostMessageRequest) -> tuple[Response, int]:
     """Start a run and answer at once (202); watch it at /api/runs/{run_id}/events."""
-    run = services().runs.submit(own_message(body.message), body.flow_config)
+    message = own_message(body.message)
+    flow, ref = services().workflows.for_run(
+        message.user_id, body.flow_config, body.workflow_id, body.workflow_version
+    )
+    run = services().runs.submit(message, flow, workflow=ref)
     data = {
         "run_id": run.run_id,
         "session_id": run.message.session_id,
@@ -44,6 +53,59 @@ def start_run(body: PostMessageRequest) -> tuple[Response, int]:
         "status": RunStatus.QUEUED,
     }
     return envelope(True, "run started", data=data, code=202)
+
+
+class RunsQuery(BaseModel):
+    user_id: str | None = Field(default=None, min_length=1, max_length=200)
+    workflow: str | None = Field(
+        default=None, max_length=200, description="a saved workflow's id, or the name of one of yours"
+    )
+    status: RunStatus | None = None
+    since: str | None = Field(default=None, max_length=100, description=f"one of: {SINCE_FORMS}")
+    tz: str | None = Field(
+        default=None, max_length=64, description="IANA time zone `since` is read in (default UTC)"
+    )
+    limit: int = Field(default=20, ge=1, le=MAX_RUNS)
+
+
+class RunWorkflow(BaseModel):
+    name: str | None = None
+    type: str | None = None
+
+
+class RunSummary(BaseModel):
+    run_id: str
+    session_id: str
+    status: RunStatus
+    workflow_id: str | None = None
+    workflow_version: int | None = None
+    workflow: RunWorkflow | None = None
+    question: str | None = None
+    answer: str | None = None
+    error: str | None = None
+    started_at: str
+    ended_at: str | None = None
+    duration_s: float | None = None
+    usage: dict[str, Any] | None = None
+
+
+class RunsResponse(Envelope[list[RunSummary]]):
+    pass
+
+
+@bp.get("/runs", responses={200: RunsResponse, 400: ErrorResponse})
+def list_runs(query: RunsQuery) -> tuple[Response, int]:
+    """Your runs, newest first, each with its question, answer, status, timing and usage;
+    filtered by saved workflow (id or name), status and time (`since`, read in `tz`)."""
+    found = services().history.query(
+        acting_user(query.user_id),
+        workflow=query.workflow,
+        status=query.status.value if query.status else None,
+        since=query.since,
+        tz=query.tz,
+        limit=query.limit,
+    )
+    return envelope(True, f"{len(found)} run(s)", data=found)
 
 
 @bp.get("/runs/<run_id>", responses={200: RunResponse, **ERRORS})
@@ -84,8 +146,7 @@ EVENT_STREAM: ResponseDict = {
                         },
                         "event": {
                             "type": "string",
-                            "description": "status, message, token, llm_call, code_execution_start, "
-                            "code_execution_result, input_request, input_timeout, final or error",
+                            "description": ", ".join(EventKind),
                         },
                         "data": {
                             "type": "string",

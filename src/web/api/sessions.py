@@ -53,8 +53,13 @@ def create_session(body: CreateSessionRequest) -> tuple[Response, int]:
     user = acting_user(body.user_id or new.user_id)
     if new.user_id is not None and new.user_id != user:
         raise BadRequest("session.user_id must match user_id")
-    fields = new.model_dump(exclude_none=True, exclude={"flow_config", "user_id"})
-    session = Session(**fields, user_id=user, flow_config=new.flow_config)
+    fields = new.model_dump(
+        exclude_none=True, exclude={"flow_config", "user_id", "workflow_id", "workflow_version"}
+    )
+    flow, ref = services().workflows.for_run(user, new.flow_config, new.workflow_id, new.workflow_version)
+    assert flow is not None  # the request names one or the other
+    recorded = {"workflow_id": ref.workflow_id, "workflow_version": ref.version} if ref else {}
+    session = Session(**fields, **recorded, user_id=user, flow_config=flow)
     return _page("session created", services().sessions.create_session(user, session))
 
 

@@ -16,7 +16,7 @@ export function whenUnauthorized(handler) {
   unauthorized = handler;
 }
 
-async function call(method, path, body, headers = {}) {
+export async function call(method, path, body, headers = {}) {
   let response;
   try {
     response = await fetch(path, {

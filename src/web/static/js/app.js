@@ -11,6 +11,7 @@ import { RunView, TERMINAL } from "./run.js";
 import { renderSessionList, sessionTitle } from "./sidebar.js";
 import { flowRunsCode } from "./transcript.js";
 import { WorkflowPicker, describeFlow, forgetGivenFlow, givenFlow, installWorkflowDialog, rememberGivenFlow } from "./workflows.js";
+import { SavedWorkflows } from "./saved_workflows.js";
 
 const runKey = (sessionId) => `autobots.run.${sessionId}`;
 
@@ -52,6 +53,7 @@ const el = {
 };
 
 const picker = new WorkflowPicker();
+const savedWorkflows = new SavedWorkflows(picker);
 const gallery = new GalleryView();
 const welcome = h(
   "div",
@@ -60,6 +62,7 @@ const welcome = h(
   h("h2", { class: "welcome-title" }, "What should the agents do?"),
   h("p", { class: "welcome-text" }, "Pick a team, then send a message. You will see each agent's messages as they arrive, with the cost and time of every answer."),
   picker.el,
+  savedWorkflows.el,
 );
 el.scroller.insertBefore(welcome, el.thread);
 
@@ -84,6 +87,7 @@ async function switchUser(userId) {
   const previous = state.userId;
   state.userId = userId;
   if (userId && !examplesLoaded) loadExamples();
+  else if (userId && userId !== previous) savedWorkflows.load(userId);
   if (started && userId === previous) return;
   if (started) forgetChats();
   started = true;
@@ -473,19 +477,20 @@ async function submit() {
 }
 
 async function startChat(text) {
-  const chosen = picker.selection();
+  const chosen = savedWorkflows.selection() || picker.selection();
   if (chosen.error) {
     picker.showServerError(chosen.error);
     return;
   }
   const sessionId = uuid4();
   try {
-    state.sessions = await api.createSession(state.userId, { session_id: sessionId, name: truncate(text, 60), flow_config: chosen.flow });
+    const team = chosen.workflowId ? { workflow_id: chosen.workflowId } : { flow_config: chosen.flow };
+    state.sessions = await api.createSession(state.userId, { session_id: sessionId, name: truncate(text, 60), ...team });
   } catch (err) {
     picker.showServerError(err.message);
     return;
   }
-  rememberGivenFlow(sessionId, chosen.flow);
+  if (chosen.flow) rememberGivenFlow(sessionId, chosen.flow);
   state.current = sessionId;
   state.messages = [];
   welcome.hidden = true;
@@ -507,7 +512,8 @@ async function send(sessionId, text, isNew) {
   scrollToBottom(true);
   let started;
   try {
-    started = await api.startRun(state.userId, sessionId, text, session?.flow_config);
+    // A session of a saved workflow runs its recorded version (and the run records it).
+    started = await api.startRun(state.userId, sessionId, text, session?.workflow_id ? null : session?.flow_config);
   } catch (err) {
     if (isNew) {
       // The team could not run: take the new chat back, and say why where the workflow is chosen.
@@ -660,6 +666,7 @@ async function loadExamples() {
   try {
     picker.setExamples(await api.examples());
     examplesLoaded = true;
+    savedWorkflows.load(state.userId);
   } catch (err) {
     picker.setExamples([], err.message);
   }
