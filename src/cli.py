@@ -52,7 +52,7 @@ def _serve(args: argparse.Namespace) -> int:
     mode = settings.auth.mode.value
     print(
         f"autobots: the chat page will be at http://{_url_host(settings.host)}:{settings.port}/ "
-        f"(auth.mode {mode}; database {settings.database_url})",
+        f"(auth.mode {mode}; database {_shown_url(settings.database_url)})",
         flush=True,
     )
     serve(settings, workers)
@@ -75,6 +75,16 @@ def _worker(args: argparse.Namespace) -> int:
     return run_worker(settings, args.concurrency or settings.runs.worker_concurrency)
 
 
+def _shown_url(url: str) -> str:
+    """A database URL as it may be printed: its password masked."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy reads: show only its scheme
+        return url.split(":", 1)[0] + "://..."
+
+
 def _url_host(host: str) -> str:
     if host in ("0.0.0.0", "::", ""):
         return "127.0.0.1"
@@ -88,7 +98,9 @@ def _identity(config: str | None) -> IdentityService:
     from .storage.identity import IdentityRepository
 
     settings = load_settings(config)
-    engine = create_db_engine(settings.database_url)
+    engine = create_db_engine(
+        settings.database_url, settings.database_pool_size, settings.database_max_overflow
+    )
     migrate(engine)
     return IdentityService(settings.auth, IdentityRepository(make_session_factory(engine)))
 

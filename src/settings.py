@@ -134,6 +134,9 @@ class RunSettings(BaseModel):
     # `dead_after_s` is marked interrupted by whichever live process sees it first.
     worker_heartbeat_s: float = Field(5, gt=0, le=60)
     dead_after_s: float = Field(20, gt=0, le=3600)
+    # A run no worker has taken this long after it was queued (no worker running, or its queue
+    # message lost with a broker that restarted) fails, saying so, rather than wait for ever.
+    queued_timeout_s: float = Field(900, gt=0, le=7 * 86_400)
     # On SIGTERM a worker takes no new runs and lets its runs finish for this long, then
     # interrupts the ones still going (what was said is kept).
     shutdown_grace_s: float = Field(30, ge=0, le=86_400)
@@ -186,6 +189,10 @@ class Settings(BaseSettings):
     port: int = Field(8081, ge=0, le=65535)
     database_url: str = "sqlite:///database.sqlite"
     server_threads: int = Field(256, ge=1, le=4096)
+    # Database connections one process may hold (PostgreSQL): pool_size + max_overflow. Every
+    # process of a deployment together must stay under the server's max_connections.
+    database_pool_size: int = Field(10, ge=1, le=1000)
+    database_max_overflow: int = Field(40, ge=0, le=1000)
     max_request_bytes: int = Field(1_048_576, ge=1024)
     limits: RunLimits = Field(default_factory=RunLimits)
     llm: LLMSettings = Field(default_factory=LLMSettings)
@@ -241,6 +248,14 @@ class Settings(BaseSettings):
                 "runs.broker_url is not Redis: set runs.redis_url (AUTOBOTS_REDIS_URL) for events, "
                 "cancels and human input"
             )
+        if self.secret_key is None:
+            raise ValueError(
+                "runs.broker_url (the distributed mode) needs secret_key (AUTOBOTS_SECRET_KEY), the "
+                "same in every process: queued runs and stored credentials are sealed with it"
+            )
+        if self.limits.per_user.storage_url == "memory://":
+            # Request rates counted per process would allow N times the limit with N processes.
+            self.limits.per_user.storage_url = self.runs.events_url
         return self
 
 

@@ -15,6 +15,8 @@ import os
 import threading
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
 from .services.backends.celery_queue import CeleryQueue
 from .services.core import build_services
 from .settings import Settings
@@ -38,7 +40,7 @@ def run_worker(settings: Settings, concurrency: int) -> int:
     signals.worker_shutting_down.connect(drain, weak=False)
     print(
         f"autobots worker {core.backends.worker_id}: {concurrency} thread(s), queue {queue.queue!r}, "
-        f"database {settings.database_url.split('@')[-1]}",
+        f"database {make_url(settings.database_url).render_as_string(hide_password=True)}",
         flush=True,
     )
     queue.app.worker_main(

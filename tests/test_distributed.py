@@ -536,6 +536,10 @@ def test_the_distributed_mode_refuses_what_it_cannot_run(tmp_path, pg_url):
         {"AUTOBOTS_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//", "AUTOBOTS_DATABASE_URL": pg_url},
     )
     assert amqp.returncode != 0 and "AUTOBOTS_REDIS_URL" in amqp.stderr
+    no_secret = run(
+        ["worker"], {"AUTOBOTS_BROKER_URL": "redis://127.0.0.1:6379/12", "AUTOBOTS_DATABASE_URL": pg_url}
+    )
+    assert no_secret.returncode != 0 and "AUTOBOTS_SECRET_KEY" in no_secret.stderr
     no_broker = run(["worker"], {})
     assert no_broker.returncode == 2 and "runs.broker_url" in no_broker.stderr
     many = run(["serve", "--workers", "2"], {})

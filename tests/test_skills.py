@@ -243,6 +243,20 @@ def test_a_bad_skill_is_a_400_naming_it_before_anything_is_stored(
     assert skill_server.get("/api/sessions", user_id=user_id).json()["data"] == []
 
 
+def test_a_default_json_cannot_carry_never_breaks_a_save(skill_server, user_id):
+    """Defaults that are no JSON value (unhashable, complex, a set) stay out of the tool's schema;
+    a NUL byte is a 400 that says what is wrong: never a 500."""
+    for default in ("{[]: 1}", "1j", "{1, 2}", "(1, 2)"):
+        code = f'def f(x: dict = {default}) -> int:\n    """d"""\n    return 1\n'
+        body = {"user_id": user_id, "name": "f", "description": "d", "code": code}
+        r = skill_server.post("/api/skills", body)
+        assert r.status_code == 200, (default, r.text)
+        skill_server.http.delete(f"{skill_server.url}/api/skills/f", params={"user_id": user_id})
+    body = {"user_id": user_id, "name": "f", "description": "d", "code": "def f(x: int) -> int:\x00"}
+    r = skill_server.post("/api/skills", body)
+    assert r.status_code == 400 and "line None" not in r.text, r.text
+
+
 def test_name_clashes_and_skills_without_an_llm_are_400s(skill_server, llm, user_id):
     other_add = inline("add", "def add(a: int, b: int) -> int:\n    '''Subtract.'''\n    return a - b\n")
     clash = wf.autonomous(

@@ -16,7 +16,7 @@ From the same reading comes the tool's JSON schema (`parameters`), which is what
 from __future__ import annotations
 
 import ast
-import contextlib
+import json
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, model_validator
@@ -89,8 +89,10 @@ def analyse(name: str, code: str) -> tuple[dict[str, Any], str]:
     try:
         module = ast.parse(code, filename=f"<skill {name}>")
     except SyntaxError as exc:
+        if exc.lineno is None:  # e.g. a NUL byte in the source
+            raise SkillError(f"{where}: {exc.msg}") from None
         raise SkillError(f"{where}: syntax error on line {exc.lineno}: {exc.msg}") from None
-    except ValueError as exc:  # e.g. a NUL byte in the source
+    except ValueError as exc:
         raise SkillError(f"{where}: {exc}") from None
     found = [
         n for n in module.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == name
@@ -119,9 +121,10 @@ def analyse(name: str, code: str) -> tuple[dict[str, Any], str]:
             raise SkillError(f"{where}: argument '{arg.arg}' has no type hint (supported: {SUPPORTED_TYPES})")
         schema = _schema(arg.annotation, f"{where}: argument '{arg.arg}'")
         if arg.arg in defaults:
-            # A computed default stays out of the schema: the sandbox computes it.
-            with contextlib.suppress(ValueError):
-                schema = {**schema, "default": ast.literal_eval(defaults[arg.arg])}
+            # A default that is a JSON value goes into the schema; any other (computed, or a
+            # Python-only literal such as 1j or {1, 2}) stays out: the sandbox computes it.
+            if (default := _json_default(defaults[arg.arg])) is not _NO_DEFAULT:
+                schema = {**schema, "default": default}
         else:
             required.append(arg.arg)
         properties[arg.arg] = schema
@@ -129,6 +132,20 @@ def analyse(name: str, code: str) -> tuple[dict[str, Any], str]:
     if required:
         parameters["required"] = required
     return parameters, (ast.get_docstring(func) or "").strip()
+
+
+_NO_DEFAULT = object()
+
+
+def _json_default(node: ast.expr) -> Any:
+    """The default's value if it is a literal that JSON can carry as it is, else _NO_DEFAULT."""
+    try:
+        value = ast.literal_eval(node)
+        if json.loads(json.dumps(value, allow_nan=False)) != value:
+            return _NO_DEFAULT  # a tuple becomes a list: not the same default
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError, OverflowError):
+        return _NO_DEFAULT
+    return value
 
 
 def _schema(node: ast.expr, where: str) -> dict[str, Any]:

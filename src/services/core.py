@@ -57,7 +57,9 @@ class Services:
 
 
 def build_services(settings: Settings, recover: bool = True) -> Services:
-    engine = create_db_engine(settings.database_url)
+    engine = create_db_engine(
+        settings.database_url, settings.database_pool_size, settings.database_max_overflow
+    )
     migrate(engine)
     repo = Repository(make_session_factory(engine), serialize_writes=engine.dialect.name == "sqlite")
     state = RunStateRepository.alongside(repo)

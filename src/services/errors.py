@@ -58,3 +58,8 @@ class DependencyUnavailable(RunFailed):
     """A sandbox or the embedded model is not available on this server."""
 
     http_status = 503
+
+
+class Unavailable(RuntimeError):
+    """Something the request needs (Redis, the run queue) cannot be reached now (503): nothing
+    was changed, and the request can be tried again."""

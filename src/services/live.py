@@ -45,6 +45,7 @@ class LiveRun:
     events: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
     changed: threading.Condition = field(default_factory=lambda: threading.Condition(threading.RLock()))
     concluded: bool = False  # the terminal status is announced; nothing follows it
+    files_kept: bool = False  # the distributed mode: its session's files are stored for others
     done: threading.Event = field(default_factory=threading.Event)  # the worker has returned
     reply: Message | None = None
     error: RunFailed | None = None

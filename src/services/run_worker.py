@@ -100,6 +100,18 @@ class RunWorker:
             except Exception:  # the next start (or another process) marks it interrupted instead
                 log.exception("could not mark run %s interrupted at shutdown", live.run_id)
 
+    def abandon(self, run_id: str) -> None:
+        """Another process ended this run (its heartbeat was late): stop its calls and sandboxes
+        and say nothing more; what that process stored stands."""
+        live = self.live(run_id)
+        if live is None:
+            return
+        with live.changed:
+            live.concluded = True
+            live.changed.notify_all()
+        live.control.cancel()
+        self._b.inputs.wake()
+
     def _fail_stored(self, run_id: str, text: str) -> None:
         """A claimed run that cannot be rebuilt here ends failed, saying why."""
         events = fail_stored_run(
@@ -121,20 +133,32 @@ class RunWorker:
             if live is None:
                 return
         self._b.liveness.hold(run_id)
-        message = live.prepared.message
         try:
             if self._b.stops.requested(run_id):  # cancelled just before this process held it
                 self.on_stop(run_id)
-            if self._files is not None:
-                self._files.restore(message.user_id, message.session_id or "")
             self._work(live)
         finally:
             self._b.liveness.release(run_id)
-            if self._files is not None:
-                try:
-                    self._files.store(message.user_id, message.session_id or "")
-                except Exception:
-                    log.exception("could not store the files of run %s", run_id)
+            self.forget(run_id)
+            if not live.files_kept:  # stopped from outside: what its code left, all the same
+                self._keep_files(live)
+
+    def _restore_files(self, live: LiveRun) -> None:
+        if self._files is not None:
+            message = live.prepared.message
+            self._files.restore(message.user_id, message.session_id or "")
+
+    def _keep_files(self, live: LiveRun) -> None:
+        """Before the run's end is announced: a client may fetch a file it lists at once, from
+        any API process."""
+        live.files_kept = True
+        if self._files is None:
+            return
+        message = live.prepared.message
+        try:
+            self._files.store(message.user_id, message.session_id or "")
+        except Exception:
+            log.exception("could not store the files of run %s", live.run_id)
 
     def _adopt(self, run_id: str, payload: str) -> LiveRun | None:
         run = self._repo.get_run(run_id)
@@ -173,14 +197,17 @@ class RunWorker:
                 on_event=lambda kind, data: self._emit(live, kind, data),
                 ask_human=lambda prompt: self._ask_human(live, prompt),
             )
+            self._restore_files(live)
             try:
                 reply = self._chat.execute(live.prepared, observer, live.control)
             except RunFailed as exc:
+                self._keep_files(live)
                 if live.control.reply is not None:  # cancelled meanwhile: that answer stands
                     self._conclude(live, reply=live.control.reply)
                 else:
                     self._conclude(live, error=exc)
                 return
+            self._keep_files(live)
             self._conclude(live, reply=reply)
         except Exception:  # never leave a run hanging: record it as failed
             log.exception("run %s failed unexpectedly", live.run_id)

@@ -38,7 +38,7 @@ from . import handoff
 from .answers import CANCELLED_NOTE
 from .backends import Backends, EventFeed, follow
 from .chat import ChatService, PreparedRun
-from .errors import DependencyUnavailable, LLMEndpointError, NotFound, RunFailed, WrongState
+from .errors import DependencyUnavailable, LLMEndpointError, NotFound, RunFailed, Unavailable, WrongState
 from .event_writer import EventWriter
 from .live import HEARTBEAT, SEQ_SLACK, LiveFeed, LiveRun, StoredFeed
 from .recovery import INTERRUPTED_NOTE, WORKER_LOST_NOTE, end_stored_run, fail_stored_run
@@ -181,7 +181,11 @@ class RunManager:
         if stored["status"] in UNFINISHED:
             unheld = stored["status"] == RunStatus.QUEUED and self._worker.live(run_id) is None
             if not (unheld and self._cancel_queued(run_id)):
-                self._b.stops.request(run_id)
+                try:
+                    self._b.stops.request(run_id)
+                except Exception as exc:  # Redis unreachable: nothing was sent, nothing changed
+                    log.warning("could not send the stop of run %s: %s", run_id, exc)
+                    raise Unavailable("the cancel could not be sent to the run now: try again") from exc
                 self._await_end(run_id)
         return self.describe(user_id, run_id)
 
@@ -207,7 +211,7 @@ class RunManager:
         """Answer the prompt the run is waiting on now. `prompt_id`, when given, must be that
         prompt's: an answer to a prompt that timed out or was already answered is refused (409)
         rather than taken as the answer to a later question."""
-        self._owned(user_id, run_id)
+        asked = self._owned(user_id, run_id)["input_prompt"]
         taken = self._state.take_prompt(run_id, prompt_id)
         if taken is None:
             stored = self._owned(user_id, run_id)
@@ -220,7 +224,12 @@ class RunManager:
                     f"timed out); the run is waiting on prompt {waiting}"
                 )
             raise WrongState(f"run {run_id} is not waiting for input (status: {stored['status']})")
-        self._b.inputs.deliver(run_id, taken, text)
+        try:
+            self._b.inputs.deliver(run_id, taken, text)
+        except Exception as exc:  # Redis unreachable: the prompt waits for an answer again
+            log.warning("could not deliver the answer to run %s: %s", run_id, exc)
+            self._state.ask(run_id, asked or "", taken)
+            raise Unavailable("the answer could not be delivered to the run now: send it again") from exc
         return self.describe(user_id, run_id)
 
     # watching ----------------------------------------------------------------------------------
@@ -276,8 +285,21 @@ class RunManager:
         def reap(run_id: str) -> None:
             reaped[0] += self._reap(run_id)
 
-        self._b.liveness.start(reap)
+        self._b.liveness.start(reap, self._expire_queued, self._worker.abandon)
         return reaped[0]
+
+    def _expire_queued(self, run_id: str) -> None:
+        """A run no worker took within `runs.queued_timeout_s`: it fails, saying why."""
+        why = (
+            f"no worker took the run within {self._settings.queued_timeout_s:g} s of its start: "
+            "is `python -m autobots worker` running (on the same broker and queue)?"
+        )
+        events = fail_stored_run(
+            self._repo, run_id, why, DependencyUnavailable.__name__, frozenset({RunStatus.QUEUED})
+        )
+        if events:
+            log.warning("run %s failed: %s", run_id, why)
+        self._b.events.published(events)
 
     def _reap(self, run_id: str) -> bool:
         if self._b.distributed:

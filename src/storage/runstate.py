@@ -39,10 +39,10 @@ class RunStateRepository(Store):
             )
             return _count(db.execute(query)) == 1
 
-    def heartbeat(self, worker_id: str, run_ids: Collection[str]) -> int:
-        """The worker still holds these runs; returns how many of them are still live."""
+    def heartbeat(self, worker_id: str, run_ids: Collection[str]) -> set[str]:
+        """The worker still holds these runs; returns those still live and still its own."""
         if not run_ids:
-            return 0
+            return set()
         with self._write() as db:
             query = (
                 update(RunRow)
@@ -50,8 +50,9 @@ class RunStateRepository(Store):
                     RunRow.run_id.in_(list(run_ids)), RunRow.worker_id == worker_id, RunRow.status.in_(HELD)
                 )
                 .values(heartbeat_at=datetime.now(UTC))
+                .returning(RunRow.run_id)
             )
-            return _count(db.execute(query))
+            return set(db.scalars(query))
 
     def stale(self, older_than: datetime, limit: int = 100) -> list[str]:
         """Runs held by a worker whose last heartbeat is older than `older_than`."""
@@ -60,6 +61,17 @@ class RunStateRepository(Store):
                 select(RunRow.run_id)
                 .where(RunRow.status.in_(HELD), RunRow.heartbeat_at < older_than)
                 .order_by(RunRow.heartbeat_at)
+                .limit(limit)
+            )
+            return list(db.scalars(query))
+
+    def stale_queued(self, queued_before: datetime, limit: int = 100) -> list[str]:
+        """Runs still queued that were queued before `queued_before`."""
+        with self._tx() as db:
+            query = (
+                select(RunRow.run_id)
+                .where(RunRow.status == RunStatus.QUEUED, RunRow.started_at < queued_before)
+                .order_by(RunRow.started_at)
                 .limit(limit)
             )
             return list(db.scalars(query))

@@ -112,7 +112,8 @@ class Front:
         def wake_up() -> None:  # called from the run's thread
             loop.call_soon_threadsafe(wake.set)
 
-        unsubscribe = feed.subscribe(wake_up)
+        # In a thread: subscribing may ask Redis where the stream ends (never block the loop).
+        unsubscribe = await loop.run_in_executor(self._calls, feed.subscribe, wake_up)
         gone = asyncio.ensure_future(_disconnected(receive))
         try:
             await send({"type": "http.response.body", "body": sse.RETRY, "more_body": True})

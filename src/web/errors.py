@@ -20,6 +20,7 @@ from ..services.errors import (
     NotFound,
     RunFailed,
     Unauthorized,
+    Unavailable,
     WrongState,
 )
 
@@ -103,6 +104,12 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(NotFound)
     def _not_found(exc: NotFound) -> tuple[Response, int]:
         return envelope(False, str(exc), code=404)
+
+    @app.errorhandler(Unavailable)
+    def _unavailable(exc: Unavailable) -> tuple[Response, int]:
+        response, code = envelope(False, str(exc), code=503)
+        response.headers["Retry-After"] = "5"
+        return response, code
 
     @app.errorhandler(WrongState)
     def _conflict(exc: WrongState) -> tuple[Response, int]:

@@ -43,6 +43,10 @@ def install(app: Flask, limits: PerUserLimits) -> Limiter | None:
         headers_enabled=True,
         strategy="moving-window",
         key_prefix="autobots",
+        # Shared counters (Redis) that cannot be reached let requests through, counted in this
+        # process meanwhile: an outage of the counters is no outage of the API.
+        swallow_errors=True,
+        in_memory_fallback_enabled=True,
     )
     limiter.init_app(app)
     return limiter

@@ -58,7 +58,11 @@ def build_backends(settings: RunSettings, repo: Repository, unfinished: Callable
         inputs=RedisInputs(client),
         stops=RedisStops(client),
         liveness=Heartbeats(
-            RunStateRepository.alongside(repo), worker_id, settings.worker_heartbeat_s, settings.dead_after_s
+            RunStateRepository.alongside(repo),
+            worker_id,
+            settings.worker_heartbeat_s,
+            settings.dead_after_s,
+            settings.queued_timeout_s,
         ),
         worker_id=worker_id,
         distributed=True,

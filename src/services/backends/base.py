@@ -114,8 +114,15 @@ class Liveness:
     def release(self, run_id: str) -> None:
         pass
 
-    def start(self, reap: Callable[[str], None]) -> None:
-        """Begin watching: `reap(run_id)` for each run whose process is found dead."""
+    def start(
+        self,
+        reap: Callable[[str], None],
+        expire: Callable[[str], None] | None = None,
+        lost: Callable[[str], None] | None = None,
+    ) -> None:
+        """Begin watching: `reap(run_id)` for each run whose process is found dead,
+        `expire(run_id)` for each run no process took in time, and `lost(run_id)` for a run this
+        process holds that another process ended meanwhile."""
 
     def close(self) -> None:
         pass

@@ -5,7 +5,10 @@ A worker writes `runs.heartbeat_at` for all its runs in one UPDATE every `worker
 Every process (API or worker) looks for held runs whose heartbeat is older than `dead_after_s`
 every quarter of that, and reaps them: the run is interrupted with what was said (the database
 decides which process does it). So a dead worker's runs end within `dead_after_s` plus a quarter
-(25 s by default), and a process that starts never touches runs that live workers hold.
+(25 s by default), and a process that starts never touches runs that live workers hold. A run
+still queued `runs.queued_timeout_s` after it was queued (no worker running, or its message lost
+with a broker that restarted without persistence) fails, saying so. A worker whose run another
+process ended (its heartbeat came too late) stops it: nothing it says after that counts.
 """
 
 from __future__ import annotations
@@ -22,11 +25,19 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeats(Liveness):
-    def __init__(self, state: RunStateRepository, worker_id: str, beat_s: float, dead_after_s: float) -> None:
+    def __init__(
+        self,
+        state: RunStateRepository,
+        worker_id: str,
+        beat_s: float,
+        dead_after_s: float,
+        queued_timeout_s: float,
+    ) -> None:
         self._state = state
         self.worker_id = worker_id
         self._beat_s = beat_s
         self._dead_after = timedelta(seconds=dead_after_s)
+        self._queued_timeout = timedelta(seconds=queued_timeout_s)
         self._held: set[str] = set()
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -39,26 +50,42 @@ class Heartbeats(Liveness):
         with self._lock:
             self._held.discard(run_id)
 
-    def start(self, reap: Callable[[str], None]) -> None:
-        threading.Thread(target=self._beat, name="heartbeats", daemon=True).start()
-        threading.Thread(target=self._reap, args=(reap,), name="reaper", daemon=True).start()
+    def start(
+        self,
+        reap: Callable[[str], None],
+        expire: Callable[[str], None] | None = None,
+        lost: Callable[[str], None] | None = None,
+    ) -> None:
+        threading.Thread(target=self._beat, args=(lost,), name="heartbeats", daemon=True).start()
+        threading.Thread(target=self._reap, args=(reap, expire), name="reaper", daemon=True).start()
 
     def close(self) -> None:
         self._closed.set()
 
-    def _beat(self) -> None:
+    def _beat(self, lost: Callable[[str], None] | None) -> None:
         while not self._closed.wait(self._beat_s):
             with self._lock:
-                held = list(self._held)
+                held = set(self._held)
             try:
-                self._state.heartbeat(self.worker_id, held)
+                alive = self._state.heartbeat(self.worker_id, held)
             except Exception:
                 log.exception("could not write the heartbeat of %d run(s)", len(held))
+                continue
+            with self._lock:
+                gone = (held - alive) & self._held  # ended elsewhere while this worker held them
+            for run_id in gone:
+                log.warning(
+                    "run %s was ended by another process (its heartbeat was late): stopping it", run_id
+                )
+                if lost is not None:
+                    lost(run_id)
 
-    def _reap(self, reap: Callable[[str], None]) -> None:
+    def _reap(self, reap: Callable[[str], None], expire: Callable[[str], None] | None) -> None:
         while not self._closed.wait(self._dead_after.total_seconds() / 4):
+            now = datetime.now(UTC)
             try:
-                stale = self._state.stale(datetime.now(UTC) - self._dead_after)
+                stale = self._state.stale(now - self._dead_after)
+                late = self._state.stale_queued(now - self._queued_timeout) if expire is not None else []
             except Exception:
                 log.exception("could not look for runs whose worker died")
                 continue
@@ -67,3 +94,9 @@ class Heartbeats(Liveness):
                     reap(run_id)
                 except Exception:
                     log.exception("could not interrupt run %s, whose worker died", run_id)
+            for run_id in late:
+                try:
+                    if expire is not None:
+                        expire(run_id)
+                except Exception:
+                    log.exception("could not end run %s, which no worker took", run_id)

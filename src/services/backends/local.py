@@ -81,7 +81,12 @@ class LocalLiveness(Liveness):
     def __init__(self, unfinished: Callable[[], list[str]]) -> None:
         self._unfinished = unfinished
 
-    def start(self, reap: Callable[[str], None]) -> None:
+    def start(
+        self,
+        reap: Callable[[str], None],
+        expire: Callable[[str], None] | None = None,
+        lost: Callable[[str], None] | None = None,
+    ) -> None:
         for run_id in self._unfinished():
             reap(run_id)
 

@@ -5,7 +5,8 @@
   event numbers, so one `Last-Event-ID` works on the stream, on the database and in both modes.
   A listener reads the stream while it holds the run from its first event; once it has expired
   (`runs.stream_ttl_s` after the run ended) or lost its start (Redis restarted mid-run), the
-  database, which has every event the stream has, serves it instead. One thread per process
+  database, which has every event the stream has, serves it instead. A stream that missed an
+  event (a publish that failed) is deleted and not written again, so no listener reads a hole. One thread per process
   blocks on all the streams its listeners watch and wakes them.
 - Stops: a cancel sets `<prefix>run:<id>:stop` and publishes the run's id on the channel
   `<prefix>stops`, which every worker subscribes to (a fan-out, not a shared queue: each worker
@@ -41,6 +42,7 @@ INPUT_TTL_S = 600
 STOP_TTL_S = 3600
 BLOCK_MS = 250
 RECONNECT_S = 0.5
+MISSING_POLL_S = 1.0  # how often listeners of a stream that is gone look at the database
 
 
 def connect(url: str) -> redis.Redis:
@@ -67,27 +69,55 @@ class RedisEvents(EventLog):
         self._ttl = stream_ttl_s
         self._watcher = _StreamWatcher(client)
         self._failing = False
+        # Runs whose stream missed an event (a failed publish): it is deleted and never written
+        # again, so their listeners read the database, which has every event, instead of a
+        # stream with a hole in it.
+        self._lock = threading.Lock()
+        self._broken: set[str] = set()
+        self._to_delete: set[str] = set()
 
     def published(self, events: list[tuple[str, int, str, dict[str, Any]]]) -> None:
         if not events:
             return
+        with self._lock:
+            broken, to_delete = set(self._broken), set(self._to_delete)
         pipe = self._redis.pipeline(transaction=False)
+        for run_id in to_delete:
+            pipe.delete(_stream(run_id))
+        sent: list[str] = []
         for run_id, seq, kind, data in events:
+            if run_id in broken:
+                continue
             key = _stream(run_id)
             pipe.xadd(key, {"k": kind, "d": json.dumps(data, separators=(",", ":"))}, id=f"0-{seq}")
             pipe.expire(key, self._ttl if _is_end(kind, data) else LIVE_STREAM_TTL_S)
+            sent.append(run_id)
         try:
             results = pipe.execute(raise_on_error=False)
         except redis.RedisError as exc:
             if not self._failing:
                 log.warning("events not published to Redis (listeners read the database): %s", exc)
             self._failing = True
+            self._break(set(sent))
             return
         self._failing = False
-        for result in results:
+        failed = set()
+        for i, result in enumerate(results[len(to_delete) :]):
             # An id at or below the stream's last one: published already (a replay); harmless.
             if isinstance(result, Exception) and "equal or smaller" not in str(result):
                 log.warning("an event was not published to Redis: %s", result)
+                failed.add(sent[i // 2])
+        with self._lock:
+            self._to_delete -= to_delete
+        self._break(failed)
+
+    def _break(self, run_ids: set[str]) -> None:
+        with self._lock:
+            fresh = run_ids - self._broken
+            self._broken |= fresh
+            self._to_delete |= fresh
+            if len(self._broken) > 10_000:  # long-ended runs: their streams are gone anyway
+                self._broken = set(list(self._broken)[-5_000:])
 
     def feed(self, run_id: str) -> EventFeed:
         return RedisFeed(self._redis, self._repo, run_id, self._watcher)
@@ -106,14 +136,14 @@ class RedisFeed(EventFeed):
     def take(self, after: int) -> tuple[list[Event], bool]:
         key = _stream(self._run_id)
         try:
-            pipe = self._redis.pipeline(transaction=False)
+            pipe = self._redis.pipeline(transaction=True)  # one consistent view of the stream
             pipe.xrange(key, min="0-1", max="0-1", count=1)
             pipe.xrange(key, min=f"(0-{after}", count=1000)
             pipe.xrevrange(key, count=1)
             whole, fresh, last = pipe.execute()
         except redis.RedisError:
             return self._from_database(after)
-        if not whole:  # expired, never published, or lost its start: the database has it all
+        if not whole or not last:  # expired, never published, or lost its start: the database has it all
             return self._from_database(after)
         events = [(_seq(i), f[b"k"].decode(), json.loads(f[b"d"])) for i, f in fresh]
         _, fields = last[0]
@@ -177,6 +207,7 @@ class _StreamWatcher:
         self._closed.set()
 
     def _loop(self) -> None:
+        next_check = time.monotonic() + MISSING_POLL_S
         while not self._closed.is_set():
             with self._lock:
                 streams = {k: v[0] for k, v in self._watched.items()}
@@ -197,7 +228,19 @@ class _StreamWatcher:
                     if held is not None and entries:
                         self._watched[name] = (entries[-1][0].decode(), held[1])
                         woken.append(name)
+            if time.monotonic() >= next_check:  # streams that are gone: their listeners poll
+                next_check = time.monotonic() + MISSING_POLL_S
+                woken += self._missing(list(streams))
             self._wake(woken)
+
+    def _missing(self, keys: list[str]) -> list[str]:
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for key in keys:
+                pipe.exists(key)
+            return [k for k, there in zip(keys, pipe.execute(), strict=True) if not there]
+        except redis.RedisError:
+            return keys
 
     def _wake(self, keys: list[str]) -> None:
         with self._lock:
