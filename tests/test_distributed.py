@@ -578,3 +578,17 @@ def test_an_inline_key_reaches_the_worker_sealed_and_is_kept_nowhere(cluster, ll
     assert all(inline not in a.log() for a in cluster.apis) and all(
         inline not in w.log() for w in cluster.workers
     )
+
+
+def test_a_run_no_worker_takes_fails_saying_so(own_cluster, llm, user_id):
+    api = own_cluster.api("api", AUTOBOTS_RUNS__QUEUED_TIMEOUT_S="2")  # and no worker at all
+    t0 = time.monotonic()
+    r = api.post(
+        "/api/messages",
+        {"message": wf.message(user_id, "anyone?"), "flow_config": wf.autonomous(wf.assistant())},
+    )
+    assert r.status_code == 503 and "no worker took the run" in r.json()["message"], r.text
+    assert time.monotonic() - t0 < 15
+    run_id = r.json()["data"]["run_id"]
+    assert api.get(f"/api/runs/{run_id}").json()["data"]["status"] == "failed"
+    assert llm.served == []
