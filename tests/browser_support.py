@@ -177,3 +177,16 @@ def api_session_with_answer(
     )
     assert answered.status_code == 200, answered.text
     return session_id
+
+
+def two_turn_workflow() -> dict[str, Any]:
+    """The "General assistant" example whose user proxy answers a reply without TERMINATE with
+    "Go on.": a run that goes on for a second turn, so a test can watch it while it is live (the
+    example's own proxy, which has nothing to add, ends the chat after one reply)."""
+    path = Path(__file__).resolve().parents[1] / "src" / "web" / "examples" / "autonomous.json"
+    flow: dict[str, Any] = json.loads(path.read_text())
+    flow["name"] = "Two turns"
+    for spec in [flow["sender"], *(a["agent"] for a in flow["agents"])]:
+        if spec["type"] == "userproxy":
+            spec["config"]["default_auto_reply"] = "Go on."
+    return flow

@@ -23,6 +23,7 @@ from tests.browser_support import (
     api_session_with_answer,
     launch_browser,
     new_chat_page,
+    two_turn_workflow,
 )
 from tests.support import workflows as wf
 from tests.support.scripted_llm import Reply, ScriptedLLM
@@ -312,7 +313,7 @@ def test_switch_sessions_while_a_run_goes_on(chat: ChatPage, llm: ScriptedLLM, s
 def test_reloading_during_a_run_picks_the_stream_up_again(chat: ChatPage, llm: ScriptedLLM) -> None:
     llm.queue(Reply("First part, no end yet.", delay=0.5), Reply("Second part. TERMINATE", delay=3.0))
     page = chat.open().page
-    chat.choose_example("General assistant")
+    chat.paste_workflow(two_turn_workflow())
     chat.send("tell me in two parts")
     chat.live_run().locator(".step[data-sender=primary_assistant]").wait_for()
     page.reload()
@@ -468,7 +469,7 @@ def test_html_and_script_in_replies_render_as_text(
     # Two turns: the first reply is on screen (live) while the second is being written.
     llm.queue(XSS_REPLY.removesuffix(" TERMINATE"), Reply(XSS_REPLY, delay=2.0))
     page = chat.open().page
-    chat.choose_example("General assistant")
+    chat.paste_workflow(two_turn_workflow())
     chat.send('what does <img src=y onerror="window.__pwned=2"> do?')
     live_step = chat.live_run().locator(".step[data-sender=primary_assistant]")
     live_step.wait_for()

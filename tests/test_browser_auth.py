@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.browser_support import ChatPage, launch_browser, new_chat_page
+from tests.browser_support import ChatPage, launch_browser, new_chat_page, two_turn_workflow
 from tests.support import workflows as wf
 from tests.support.auth import as_user, create_key
 from tests.support.scripted_llm import Reply, ScriptedLLM
@@ -127,7 +127,7 @@ def test_sign_in_chat_and_sign_out(
 
     # A chat as that user: the first agent message streams in while the run goes on.
     llm.queue(Reply("First part, no end yet.", delay=0.3), Reply("Second part. TERMINATE", delay=2.5))
-    chat.choose_example("General assistant")
+    chat.paste_workflow(two_turn_workflow())
     chat.send("hello as a signed-in user")
     live = chat.live_run()
     live.wait_for()

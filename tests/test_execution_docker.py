@@ -208,7 +208,8 @@ class TestDockerSandbox(ContainmentScenarios):
         message = str(info.value)
         assert "sandbox image 'autobots-no-such-image:never' not found" in message
         assert "never pulled" in message
-        default_missing = make_settings(root, image="autobots-missing-default:0")
+        # With the fallback off (it is on by default): the missing default image is the answer.
+        default_missing = make_settings(root, image="autobots-missing-default:0", fallback_to_local=False)
         with pytest.raises(ExecutionUnavailable) as info:
             open_for("docker", default_missing)
         assert "scripts/build-sandbox-image.sh" in str(info.value)

@@ -146,7 +146,7 @@ def test_past_runs_reads_only_the_users_own_runs(server, llm, user_id) -> None:
     tool_results = [m for m in llm.served[-1].body["messages"] if m.get("role") == "tool"]
     found = json.loads(tool_results[0]["content"])
     assert [f["question"] for f in found] == ["what is 8+9?"]  # neither the other user's nor this run
-    assert "99" not in tool_results[0]["content"]
+    assert "The secret is 99" not in tool_results[0]["content"]
     assert r.json()["metadata"]["content"] == "Earlier you got: The answer is 17."
 
     llm.reset()
