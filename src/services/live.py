@@ -1,7 +1,7 @@
 """A live run's state in the process that runs it, and the views listeners read it through.
 
-`LiveRun` holds what changes while a run runs (status, the prompt a human is asked, the events
-so far) under one lock, `changed`. Listeners read events through an `EventFeed`: a live run's from
+`LiveRun` holds what changes while a run runs (status, the events so far; the prompt a human is
+asked lives in the database, where any process can answer it) under one lock, `changed`. Listeners read events through an `EventFeed`: a live run's from
 memory (woken by `wakers`, never holding a thread while they wait), a finished one's from the
 database.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,20 +35,14 @@ class LiveRun:
     interactive: bool
     control: RunControl = field(default_factory=RunControl)
     status: str = RunStatus.QUEUED
-    # The prompt a human is asked to answer now, its id, and the answer once given.
-    input_prompt: str | None = None
-    prompt_id: str | None = None
-    answer: str | None = None
     seq: int = 0
     flushed_seq: int = 0  # every event up to this id is stored
     events: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
     changed: threading.Condition = field(default_factory=lambda: threading.Condition(threading.RLock()))
     concluded: bool = False  # the terminal status is announced; nothing follows it
     files_kept: bool = False  # the distributed mode: its session's files are stored for others
-    done: threading.Event = field(default_factory=threading.Event)  # the worker has returned
     reply: Message | None = None
     error: RunFailed | None = None
-    future: Future[None] | None = None
     # Called (with `changed` held) after every event: listeners on an event loop wake up here
     # instead of holding a thread each while they wait.
     wakers: list[Callable[[], None]] = field(default_factory=list)

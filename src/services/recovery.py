@@ -76,22 +76,6 @@ def fail_stored_run(
     return events
 
 
-def recover_unfinished(repo: Repository, execution: ExecutionSettings) -> int:
-    count = 0
-    for run in repo.unfinished_runs():
-        count += bool(
-            end_stored_run(
-                repo,
-                execution,
-                run["run_id"],
-                RunStatus.INTERRUPTED,
-                "the server restarted during the run",
-                INTERRUPTED_NOTE,
-            )
-        )
-    return count
-
-
 def _answer(
     repo: Repository, execution: ExecutionSettings, run: dict[str, Any], status: RunStatus, note: str
 ) -> answers.Answer:

@@ -218,7 +218,6 @@ class RunWorker:
             if not live.concluded:  # a conclusion that itself failed: still end the run
                 self._fail_unexpectedly(live)
             self._writer.flush()  # everything the run said is stored before it counts as done
-            live.done.set()
             with live.changed:
                 live.changed.notify_all()
             with self._lock:
@@ -253,7 +252,6 @@ class RunWorker:
                 status = RunStatus.FAILED
                 self._append(live, EventKind.ERROR, {"message": str(error), "kind": type(error).__name__})
             live.status = status
-            live.input_prompt = live.prompt_id = None
             self._append(live, EventKind.STATUS, {"status": status})
             live.concluded = True
             return True
@@ -294,7 +292,6 @@ class RunWorker:
         with live.changed:
             if live.concluded:
                 return ""
-            live.prompt_id, live.input_prompt = prompt_id, prompt
             self._change_status(live, RunStatus.AWAITING_INPUT)
             self._append(
                 live,
@@ -309,14 +306,12 @@ class RunWorker:
         if answer is None and not stopping():
             if self._state.take_prompt(live.run_id, prompt_id) is not None:  # unanswered: it expires now
                 with live.changed:
-                    live.prompt_id = live.input_prompt = None
                     if not live.concluded:
                         self._append(live, EventKind.INPUT_TIMEOUT, {"prompt_id": prompt_id})
                         self._change_status(live, RunStatus.RUNNING)
                 return ""
             answer = self._b.inputs.wait(live.run_id, prompt_id, LATE_ANSWER_S, stopping)  # taken just now
         with live.changed:
-            live.prompt_id = live.input_prompt = None
             self._change_status(live, RunStatus.RUNNING)
         return answer or ""
 

@@ -75,10 +75,6 @@ class RunManager:
         backends.queue.start(self._worker.execute)
         backends.stops.listen(self._worker.on_stop)
 
-    @property
-    def distributed(self) -> bool:
-        return self._b.distributed
-
     # starting ----------------------------------------------------------------------------------
 
     def submit(
@@ -302,28 +298,22 @@ class RunManager:
         self._b.events.published(events)
 
     def _reap(self, run_id: str) -> bool:
-        if self._b.distributed:
-            cutoff = datetime.now(UTC) - timedelta(seconds=self._settings.dead_after_s)
-            events = end_stored_run(
-                self._repo,
-                self._chat.settings.code_execution,
-                run_id,
-                RunStatus.INTERRUPTED,
-                "the worker running it stopped",
-                WORKER_LOST_NOTE,
-                stale_before=cutoff,
-            )
-            if events:
-                log.warning("run %s interrupted: its worker stopped beating", run_id)
-        else:
-            events = end_stored_run(
-                self._repo,
-                self._chat.settings.code_execution,
-                run_id,
-                RunStatus.INTERRUPTED,
-                "the server restarted during the run",
-                INTERRUPTED_NOTE,
-            )
+        stale_before = None
+        why, note = "the server restarted during the run", INTERRUPTED_NOTE
+        if self._b.distributed:  # only a run whose worker stopped beating, never a live one
+            stale_before = datetime.now(UTC) - timedelta(seconds=self._settings.dead_after_s)
+            why, note = "the worker running it stopped", WORKER_LOST_NOTE
+        events = end_stored_run(
+            self._repo,
+            self._chat.settings.code_execution,
+            run_id,
+            RunStatus.INTERRUPTED,
+            why,
+            note,
+            stale_before=stale_before,
+        )
+        if events and self._b.distributed:
+            log.warning("run %s interrupted: its worker stopped beating", run_id)
         self._b.events.published(events)
         return bool(events)
 

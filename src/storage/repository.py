@@ -249,12 +249,6 @@ class Repository(Store):
             run.input_prompt = run.input_prompt_id = None
             return True
 
-    def set_run_status(self, run_id: str, status: str) -> None:
-        with self._write() as db:
-            run = db.get(RunRow, run_id)
-            if run is not None and run.status in UNFINISHED:
-                run.status = status
-
     def add_llm_call(self, run_id: str, session_id: str, call: dict[str, Any]) -> None:
         """Each call is stored as it completes: a run cut short still accounts for it."""
         with self._write() as db:
@@ -313,12 +307,6 @@ class Repository(Store):
                 .limit(1)
             )
             return next(iter(rows), 0)
-
-    def unfinished_runs(self) -> list[dict[str, Any]]:
-        with self._tx() as db:
-            rows = db.scalars(select(RunRow.run_id).where(RunRow.status.in_(UNFINISHED)))
-            ids = list(rows)
-        return [r for r in (self.get_run(i) for i in ids) if r is not None]
 
     def llm_calls(self, run_id: str) -> list[dict[str, Any]]:
         with self._tx() as db:
