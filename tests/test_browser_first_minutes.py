@@ -6,6 +6,7 @@ toast that covers no control, distinct sidebar titles, and examples needing a mi
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -243,6 +244,70 @@ def test_a_slow_first_reply_is_explained_honestly(chat: ChatPage, llm: ScriptedL
     )
     assert note["none"] and note["named"] and not note["remote"], note
     assert "local model may be loading" in note["text"] and "30-60 s" in note["text"], note
+
+
+# the wait for the embedded model -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A keyless server on the small embedded model (SmolLM2-135M), its own model server."""
+    from tests.test_embedded_api import SMALL, keyless_server
+
+    srv = keyless_server(tmp_path_factory.mktemp("browser-embedded"), default_model=SMALL)
+    yield srv
+    srv.stop()
+
+
+def test_a_run_queued_at_the_local_model_says_how_many_are_ahead_and_how_long(
+    browser: Any, embedded: RunningServer, user_id: str
+) -> None:
+    from tests.test_embedded_api import SMALL, embedded_assistant
+    from tests.test_embedded_wait import busy_model
+
+    flow = wf.autonomous(embedded_assistant(SMALL), sender=wf.userproxy(max_consecutive_auto_reply=0))
+    api_session_with_answer(embedded, user_id, flow, "Say hello.")  # the model server is up
+    chat = new_chat_page(browser, embedded, user_id)
+    try:
+        _open_flow(chat, flow)
+        busy = busy_model(embedded, calls=2, tokens=300)  # others' long replies hold the model
+        chat.send("Say hi.")
+        live = chat.live_run()
+        note = live.locator(
+            ".run-wait", has_text=re.compile(r"\d+ requests? ahead of yours, about \d+ (s|min)\.")
+        )
+        note.wait_for(timeout=20_000)
+        assert "may be loading" not in note.inner_text()
+        for thread in busy:
+            thread.join(120)
+        answer = chat.wait_for_answer()  # its own reply is short, once the others are done
+        assert answer.locator(".run-wait").count() == 0
+
+        # The other sentences, as the page writes them for the server's answers.
+        texts = chat.page.evaluate(
+            """async () => {
+              const w = await import('/static/js/waitnote.js');
+              return [
+                w.waitText({state: 'loading', ahead: 0, estimate_s: 12.3}),
+                w.waitText({state: 'loading', ahead: 1, estimate_s: 140}),
+                w.waitText({state: 'queued', ahead: 2, estimate_s: 41}),
+                w.waitText({state: 'reading', ahead: 0, estimate_s: 3}),
+                w.waitText({state: 'writing', ahead: 0, estimate_s: null}),
+                w.waitText(null),
+              ];
+            }"""
+        )
+        assert texts == [
+            "Model loading, about 12 s.",
+            "Model loading, then 1 request ahead of yours, about 2 min.",
+            "2 requests ahead of yours, about 41 s.",
+            "The model is reading the conversation, about 3 s.",
+            "",
+            "",
+        ], texts
+    finally:
+        chat.page.context.close()
+    assert not chat.errors, chat.errors
 
 
 # the rest --------------------------------------------------------------------------------

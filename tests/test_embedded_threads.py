@@ -22,7 +22,7 @@ import pytest
 from pydantic import ValidationError
 
 from autobots.llm.embedded import EmbeddedEndpoint, EmbeddedSettings, embedded_endpoint, shutdown
-from autobots.llm.embedded._server_main import HEALTH_PATH
+from autobots.llm.embedded._protocol import HEALTH_PATH
 from autobots.llm.embedded._threads import threads_for
 
 SMALL = "embedded:smollm2-135m"

@@ -1,7 +1,7 @@
 """How the managed model server's llama.cpp threads share a busy machine.
 
-Loaded BY PATH by ``_server_main`` (the server process cannot import autobots), so it imports
-nothing from autobots either.
+Runs in the model server process (``_server_main`` imports it as part of its private package:
+that process cannot import autobots), so it imports nothing from autobots either.
 
 Why: the llama.cpp bundled with llama-cpp-python 0.3.36 is built with OpenMP, so its
 threads meet at an OpenMP barrier after every graph node (hundreds per token) and libgomp

@@ -1,7 +1,7 @@
 """Function calling on the embedded model server: OpenAI `tools` in, `tool_calls` out.
 
-Loaded by path by ``_server_main.py`` (that process imports nothing from autobots); pure
-functions, no llama.cpp here.
+Runs in the model server process (``_server_main.py``, which imports nothing from autobots);
+pure functions, no llama.cpp here.
 
 The format: the model's own chat template (the GGUF's, rendered by llama.cpp's Jinja2 chat
 formatter, which passes `tools` to it). Qwen2.5 (Coder included) was trained on it: the tools

@@ -47,15 +47,15 @@ import threading
 import time
 import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import _server_main
+from . import _protocol
 from ._locks import atomic_write_text, exclusive_lock
+from ._protocol import http_json
 from .errors import EmbeddedModelError
 from .registry import MODELS, get_spec
 from .settings import EmbeddedSettings
@@ -63,7 +63,7 @@ from .weights import model_file_path, prepare_model_file
 
 log = logging.getLogger(__name__)
 
-_LAUNCHER = Path(_server_main.__file__).resolve()
+_LAUNCHER = Path(__file__).resolve().with_name("_server_main.py")
 _STOP_TIMEOUT_S = 15.0
 # Environment variables the model server has no use for and should not hold.
 _SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
@@ -93,15 +93,15 @@ class EmbeddedEndpoint(BaseModel):
             "price": [0, 0],
         }
         if tag:
-            entry["default_headers"] = {_server_main.TAG_HEADER: tag}
+            entry["default_headers"] = {_protocol.TAG_HEADER: tag}
         return entry
 
     def cancel(self, tag: str, timeout: float = 5.0) -> int:
         """Stop the generations of the calls tagged ``tag`` now (running or still queued);
         returns how many there were. Their callers get their answers (or an error) at once."""
         root = self.base_url.removesuffix("/v1")
-        url = f"{root}{_server_main.CANCEL_PATH}/{urllib.parse.quote(tag, safe='')}"
-        return int(_http_json(url, timeout, payload={}, token=self.api_key).get("cancelled", 0))
+        url = f"{root}{_protocol.CANCEL_PATH}/{urllib.parse.quote(tag, safe='')}"
+        return int(http_json(url, timeout, payload={}, token=self.api_key).get("cancelled", 0))
 
 
 @dataclass
@@ -131,7 +131,7 @@ class _Attachment:
     def server_alive(self) -> bool:
         if self.process is not None:
             self.process.poll()  # reap it if it exited, so it does not linger as a zombie
-        return _server_main.process_start_time(self.server_pid) == self.server_start
+        return _protocol.process_start_time(self.server_pid) == self.server_start
 
 
 _lock = threading.RLock()
@@ -139,24 +139,9 @@ _attachments: dict[Path, _Attachment] = {}
 _atexit_registered = False
 
 
-def _no_proxy_opener() -> urllib.request.OpenerDirector:
-    # The server is on loopback; an HTTP(S)_PROXY in the environment must not reroute it.
-    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def _http_json(url: str, timeout: float, payload: dict[str, Any] | None = None, token: str = "") -> Any:
-    data = None if payload is None else json.dumps(payload).encode()
-    request = urllib.request.Request(url, data=data, method="GET" if data is None else "POST")
-    request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    with _no_proxy_opener().open(request, timeout=timeout) as response:
-        return json.loads(response.read().decode())
-
-
 def _health(port: int, timeout: float = 5.0) -> dict[str, Any] | None:
     try:
-        data = _http_json(f"http://127.0.0.1:{port}{_server_main.HEALTH_PATH}", timeout)
+        data = http_json(f"http://127.0.0.1:{port}{_protocol.HEALTH_PATH}", timeout)
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -171,7 +156,7 @@ def _read_state(state_dir: Path) -> dict[str, Any] | None:
 
 
 def _register_client(state_dir: Path) -> None:
-    name = _server_main.client_file_name(os.getpid())
+    name = _protocol.client_file_name(os.getpid())
     if name is None:  # cannot happen for our own pid, but keep the type honest
         raise EmbeddedModelError("cannot determine this process's start time")
     clients = state_dir / "clients"
@@ -180,7 +165,7 @@ def _register_client(state_dir: Path) -> None:
 
 
 def _unregister_client(state_dir: Path) -> None:
-    name = _server_main.client_file_name(os.getpid())
+    name = _protocol.client_file_name(os.getpid())
     if name is not None:
         (state_dir / "clients" / name).unlink(missing_ok=True)
 
@@ -195,7 +180,7 @@ def _log_tail(path: Path, limit: int = 2000) -> str:
 
 def _terminate(pid: int, start: str, process: subprocess.Popen[bytes] | None = None) -> None:
     """Stop a server we know by pid + start time: SIGTERM for a graceful exit, SIGKILL if stuck."""
-    if _server_main.process_start_time(pid) != start:
+    if _protocol.process_start_time(pid) != start:
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
@@ -203,7 +188,7 @@ def _terminate(pid: int, start: str, process: subprocess.Popen[bytes] | None = N
     while time.monotonic() < deadline:
         if process is not None:
             process.poll()
-        if _server_main.process_start_time(pid) != start:
+        if _protocol.process_start_time(pid) != start:
             return
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
@@ -269,20 +254,48 @@ def _check_runtime() -> None:
 
 
 def _start_server(model: str, settings: EmbeddedSettings, state_dir: Path) -> _Attachment:
+    """Prepare the weights, start the server and wait until its first model is loaded.
+
+    Meanwhile ``starting.json`` says so (who, since when, what it took last time), and the
+    start's length is kept in the timings file: what a run waiting for the model is told
+    (``status.py``)."""
     _check_runtime()
+    started = time.monotonic()
+    starting = state_dir / _protocol.STARTING_FILE
+    timings = state_dir / _protocol.TIMINGS_FILE
+    _protocol.write_json_atomic(
+        starting,
+        {
+            "pid": os.getpid(),
+            "start": _protocol.process_start_time(os.getpid()),
+            "model": model,
+            "started_at": time.time(),
+            "expected_s": _protocol.measured(timings, model, "startup_s"),
+        },
+    )
+    try:
+        attachment = _launch(model, settings, state_dir)
+    finally:
+        starting.unlink(missing_ok=True)
+    _protocol.record_timing(timings, model, "startup_s", time.monotonic() - started)
+    return attachment
+
+
+def _launch(model: str, settings: EmbeddedSettings, state_dir: Path) -> _Attachment:
     cache_dir = settings.resolved_cache_dir()
     paths = _offered_paths(model, settings, cache_dir)
     # The requested model first: it is preloaded and is the default for model-less requests.
     order = [model, *(a for a in paths if a != model)]
     instance = secrets.token_hex(16)
     api_key = f"autobots-local-{secrets.token_urlsafe(24)}"
-    port_file = state_dir / "port.json"
+    port_file = state_dir / _protocol.PORT_FILE
     port_file.unlink(missing_ok=True)
     config = {
         "instance": instance,
         "api_key": api_key,
         "clients_dir": str(state_dir / "clients"),
         "port_file": str(port_file),
+        "timings_file": str(state_dir / _protocol.TIMINGS_FILE),
         "linger_s": settings.linger_s,
         "default_max_tokens": settings.default_max_tokens,
         "preload": [model],
@@ -319,7 +332,7 @@ def _start_server(model: str, settings: EmbeddedSettings, state_dir: Path) -> _A
             # server that other processes share; its lifetime is managed by the watchdog.
             start_new_session=True,
         )
-    start = _server_main.process_start_time(process.pid) or ""
+    start = _protocol.process_start_time(process.pid) or ""
     deadline = time.monotonic() + settings.startup_timeout_s
     while True:
         if process.poll() is not None:
@@ -328,7 +341,8 @@ def _start_server(model: str, settings: EmbeddedSettings, state_dir: Path) -> _A
                 f"Log {log_path}:\n{_log_tail(log_path)}"
             )
         info = _read_port_file(port_file)
-        if info is not None and info.get("instance") == instance:
+        # The server answers while it loads its first model; "loaded" says it is done.
+        if info is not None and info.get("instance") == instance and info.get("loaded") is True:
             health = _health(int(info["port"]))
             if health is not None and health.get("instance") == instance:
                 break
@@ -389,7 +403,7 @@ def _attach_existing(state: dict[str, Any], state_dir: Path) -> _Attachment | No
         cache_dir = Path(state["cache_dir"]) if state.get("cache_dir") else None
     except (KeyError, TypeError, ValueError):
         return None
-    if _server_main.process_start_time(pid) != start:
+    if _protocol.process_start_time(pid) != start:
         return None
     health = _health(port)
     if health is None or health.get("instance") != instance:
@@ -417,7 +431,7 @@ def _warm(attachment: _Attachment, model: str, settings: EmbeddedSettings) -> No
     """Make the server load ``model`` now, so "ready" means ready and load errors surface here."""
     url = f"http://127.0.0.1:{attachment.port}/extras/tokenize"
     try:
-        _http_json(url, settings.startup_timeout_s, {"model": model, "input": "warm-up"}, attachment.api_key)
+        http_json(url, settings.startup_timeout_s, {"model": model, "input": "warm-up"}, attachment.api_key)
     except (OSError, ValueError) as exc:
         detail = exc.read().decode(errors="replace")[:500] if isinstance(exc, urllib.error.HTTPError) else exc
         raise EmbeddedModelError(
@@ -429,8 +443,8 @@ def _warm(attachment: _Attachment, model: str, settings: EmbeddedSettings) -> No
 
 def _other_clients(state_dir: Path) -> list[str]:
     """Live processes other than this one registered as users of the server in ``state_dir``."""
-    me = _server_main.client_file_name(os.getpid())
-    return [c for c in _server_main.live_clients(state_dir / "clients", prune=False) if c != me]
+    me = _protocol.client_file_name(os.getpid())
+    return [c for c in _protocol.live_clients(state_dir / "clients", prune=False) if c != me]
 
 
 def _ensure(model: str, settings: EmbeddedSettings, state_dir: Path) -> _Attachment:
@@ -522,7 +536,7 @@ def shutdown() -> None:
             try:
                 with exclusive_lock(state_dir / "lock"):
                     _unregister_client(state_dir)
-                    others = _server_main.live_clients(state_dir / "clients", prune=False)
+                    others = _protocol.live_clients(state_dir / "clients", prune=False)
                     state = _read_state(state_dir) or {}
                     if (
                         not others

@@ -1,15 +1,18 @@
-// Under a live run: who is speaking or thinking now, the step of a sequential workflow, and an
-// honest note about the wait (elapsed time is in the run's head; nothing here is a forecast).
+// Under a live run: who is speaking or thinking now, the step of a sequential workflow, and the
+// wait: on the embedded model the server's estimate (waitnote.js: loading, requests ahead of
+// yours, about N s), otherwise an honest note (elapsed time is in the run's head).
 
 import { h } from "./dom.js";
 import { flowUsesEmbedded, sequentialSteps } from "./transcript.js";
+import { WaitNote } from "./waitnote.js";
 
 const LOADING_AFTER_S = 3;
 
 export class Activity {
-  constructor(flow) {
+  constructor(flow, runId) {
     this.steps = sequentialSteps(flow);
     this.embedded = flowUsesEmbedded(flow);
+    this.estimate = this.embedded ? new WaitNote(runId, () => this.render()) : null;
     this.arrived = false;
     this.current = -1;
     this.handedOver = new Set();
@@ -25,6 +28,7 @@ export class Activity {
     // The first message is the question being handed over; a reply is anyone else's.
     if (this.asker === undefined) this.asker = m.sender;
     else if (m.sender !== this.asker) this.arrived = true;
+    this.estimate?.active();
     this.who.textContent = m.recipient ? `${m.recipient} is thinking…` : "";
     let handover = false;
     const index = this.steps.findIndex((name) => name && (name === m.recipient || name === m.sender));
@@ -41,12 +45,14 @@ export class Activity {
 
   token(agent) {
     this.arrived = true;
+    this.estimate?.active();
     if (agent) this.who.textContent = `${agent} is writing…`;
     this.render();
   }
 
   codeRunning(language) {
     this.arrived = true;
+    this.estimate?.hold();
     this.who.textContent = `Running ${language || "code"}…`;
     this.render();
   }
@@ -59,10 +65,17 @@ export class Activity {
   tick(seconds, status) {
     this.seconds = seconds;
     this.status = status;
+    this.estimate?.tick(status);
     this.render();
   }
 
+  /** Code finished running: the next wait is for the model again. */
+  codeDone() {
+    this.estimate?.active();
+  }
+
   done() {
+    this.estimate?.stop();
     this.el.hidden = true;
   }
 
@@ -70,13 +83,15 @@ export class Activity {
     const n = this.steps.length;
     this.step.textContent = n > 1 ? `Step ${Math.max(this.current, 0) + 1} of ${n}${this.steps[Math.max(this.current, 0)] ? ` (${this.steps[Math.max(this.current, 0)]})` : ""} ·` : "";
     const waiting = !this.arrived && (this.seconds ?? 0) >= LOADING_AFTER_S && ["queued", "running"].includes(this.status);
-    this.wait.textContent = waiting
-      ? this.status === "queued"
-        ? "Queued behind other runs: it starts when a worker is free."
-        : this.embedded
-          ? "Nothing yet: the local model may be loading (a first answer can take ~30-60 s)."
-          : "Nothing yet: waiting for the model's first reply."
-      : "";
+    this.wait.textContent = this.estimate?.text || (waiting ? this.waitingNote() : "");
     this.el.hidden = !this.step.textContent && !this.who.textContent && !this.wait.textContent;
+  }
+
+  /** Nothing has arrived yet and the server gave no estimate. */
+  waitingNote() {
+    if (this.status === "queued") return "Queued behind other runs: it starts when a worker is free.";
+    return this.embedded
+      ? "Nothing yet: the local model may be loading (a first answer can take ~30-60 s)."
+      : "Nothing yet: waiting for the model's first reply.";
   }
 }

@@ -95,6 +95,7 @@ export const api = {
     ).data,
 
   run: async (runId) => (await call("GET", `/api/runs/${seg(runId)}`)).data,
+  runWait: async (runId) => (await call("GET", `/api/runs/${seg(runId)}/wait`)).data,
   cancelRun: async (runId) => (await call("POST", `/api/runs/${seg(runId)}/cancel`, {})).data,
   answerRun: async (runId, text, promptId) =>
     (await call("POST", `/api/runs/${seg(runId)}/input`, promptId ? { text, prompt_id: promptId } : { text })).data,

@@ -56,7 +56,7 @@ export class RunView {
     this.typingLabel = h("span", { class: "typing-label" }, "The agents are working…");
     this.typing = h("div", { class: "typing", role: "status" }, h("span", { class: "dots", "aria-hidden": "true" }, h("i"), h("i"), h("i")), this.typingLabel);
     this.errorBox = h("div", { class: "run-error", role: "alert", hidden: true });
-    this.activity = new Activity(flow);
+    this.activity = new Activity(flow, runId);
     this.el = h(
       "article",
       { class: "msg msg-assistant live", "aria-label": `${author || "Agents"} are answering`, "aria-busy": "true", "data-run-id": runId },
@@ -230,6 +230,7 @@ export class RunView {
   }
 
   on_code_execution_result({ exit_code, output, truncated, duration_s }) {
+    this.activity.codeDone();
     const exec = this.execs.find((e) => e.output.classList.contains("pending"));
     const ok = Number(exit_code) === 0;
     const result = h(
