@@ -3,7 +3,10 @@
 Each request gets new agents: AutoGen agents keep per-conversation state, and sharing them across
 requests would leak one user's chat into another's. Every agent built here checks the run's limits
 before each LLM call, opens the call's time budget (`llm/budget.py`: all its tries within its
-timeout), and reports each message it says to the run's transcript.
+timeout), and reports each message it says to the run's transcript. Agents with an LLM call it
+through the server's registered model client (`llm/model_client.py`: AutoGen's public
+`register_model_client`), which shares one OpenAI client per endpoint across the process; the
+agents themselves stay fresh per request.
 
 An agent without an LLM (a user proxy) that has nothing to say ends its chat instead of asking the
 other side again: AutoGen would send its empty default reply (or a fixed "reply TERMINATE when
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from autogen import AssistantAgent, ConversableAgent, GroupChat, GroupChatManager, UserProxyAgent
 from autogen import LLMConfig as AutogenLLMConfig
@@ -36,6 +39,7 @@ from ..execution.base import NO_OUTPUT_NOTE
 from ..execution.codeprep import LANGUAGES
 from ..llm import budget
 from ..llm.endpoints import NoUsableEndpoint, ResolvedLLMConfig
+from ..llm.model_client import ServerModelClient
 from ..llm.usage import UsageRecorder, billed_to
 from ..schemas.workflow import AgentConfig, AgentFlowSpec, AgentType, LLMConfig
 from .iostream import answer_silence_as_never
@@ -186,6 +190,10 @@ class AgentFactory:
             speaker_selection_method=method,
             allow_repeat_speaker=cfg.allow_repeat_speaker,
             select_speaker_auto_verbose=False,
+            # "auto" selection's own helper agent calls through the same client as every agent
+            # (AutoGen registers it only for a config it is given here: the manager's own).
+            select_speaker_auto_model_client_cls=ServerModelClient,
+            select_speaker_auto_llm_config=llm_config or None,
             recorder=self.recorder,
             manager_name=cfg.name,
             call_timeout=_timeout_of(llm_config),
@@ -227,6 +235,8 @@ class AgentFactory:
             return messages
 
         agent.register_hook("safeguard_llm_inputs", check_budget)
+        if agent.llm_config:  # after its tools: offering one rebuilds the agent's OpenAIWrapper
+            agent.register_model_client(cast(Any, ServerModelClient))  # typed as an instance; takes the class
         answer_silence_as_never(agent)  # no human answer acts as NEVER mode (see iostream.py)
         self.transcript.attach(agent)
         return agent

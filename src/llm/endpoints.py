@@ -15,6 +15,8 @@ Rules, so that the server's key can never be sent somewhere a request chose:
   send the call (and its key) on to another host.
 - A config entry that names a stored `credential` arrives here already resolved by the chat
   service (its key in `api_key`, its endpoint in `base_url`).
+- Every entry names the server's model client (`model_client.py`); its endpoint, key, headers
+  and timeout travel in one opaque value, so AutoGen builds no OpenAI client per agent.
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ import httpx
 from ..schemas.workflow import LLMConfig, ModelEndpoint
 from ..settings import Settings
 from . import budget, embedded
+from .model_client import cache_sdk_signatures, client_entry
 from .pricing import Price, config_price
+
+cache_sdk_signatures()  # once per process: AutoGen asks for OpenAI's signature per config key
 
 # The OpenAI SDK insists on a key; local OpenAI-compatible servers ignore it.
 NO_KEY = "no-key-needed"
@@ -138,6 +143,11 @@ def resolve(
         timeout = max(timeout, settings.embedded.request_timeout_s)
     # No single call may outlast the run's own time cap.
     timeout = min(timeout, settings.limits.max_run_seconds)
+    # AutoGen calls each entry through this server's model client (`model_client.py`), which
+    # builds its OpenAI client from the entry alone: the timeout goes in it too.
+    for i, resolved in enumerate(entries):
+        resolved["timeout"] = math.ceil(timeout)
+        entries[i] = client_entry(resolved, opaque=config.cache_seed is None)
     llm_config: dict[str, Any] = {
         "config_list": entries,
         "temperature": config.temperature,
