@@ -1,15 +1,18 @@
-"""`python -m autobots serve | worker | run WORKFLOW.json "message" | keys create|list|revoke`."""
+"""`python -m autobots serve | worker | run WORKFLOW.json "message" | keys create|list|revoke |
+webhooks secret`."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for the annotation only: the commands import the server where they use it
     from .services.identity import IdentityService
+    from .settings import Settings
 
 
 def _is_loopback(host: str) -> bool:
@@ -28,7 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .settings import load_settings
     from .web.server import serve
 
-    settings = load_settings(args.config)
+    settings = _observed(load_settings(args.config), args.log_format)
     updates = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = settings.model_copy(update=updates)
     workers = args.workers or 1
@@ -61,9 +64,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     from .settings import load_settings
-    from .worker import run_worker
 
-    settings = load_settings(args.config)
+    settings = _observed(load_settings(args.config), args.log_format)
+    from .worker import run_worker  # after _observed: it imports prometheus_client
+
     if not settings.runs.distributed:
         print(
             "error: `worker` runs the distributed mode's queued runs: set runs.broker_url "
@@ -72,7 +76,39 @@ def _worker(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    return run_worker(settings, args.concurrency or settings.runs.worker_concurrency)
+    return run_worker(
+        settings,
+        args.concurrency or settings.runs.worker_concurrency,
+        metrics_at=(args.metrics_host, args.metrics_port) if args.metrics_port else None,
+    )
+
+
+def _observed(settings: Settings, log_format: str | None) -> Settings:
+    """What a server or worker process does first: its log format for the whole process, and,
+    before anything imports prometheus_client, the machine's multiprocess dir for the metrics
+    (made, and cleared of the files of processes that are gone)."""
+    from . import logs
+    from .settings import LogFormat, SettingsError, metrics_dir
+
+    if log_format is not None:
+        settings = settings.model_copy(update={"log_format": LogFormat(log_format)})
+    logs.configure(settings.log_format.value)
+    if settings.metrics.enabled:
+        path = metrics_dir(settings)
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            (path / ".writable").touch()
+        except OSError as exc:
+            raise SettingsError(
+                f"error: the metrics directory {path} cannot be written ({exc.strerror}): set "
+                "metrics.multiproc_dir (AUTOBOTS_METRICS__MULTIPROC_DIR) or data_dir to a writable "
+                "directory, or metrics.enabled to false"
+            ) from exc
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)  # read by prometheus_client at import
+        from .services.metrics import remove_stale_files
+
+        remove_stale_files(path)
+    return settings
 
 
 def _shown_url(url: str) -> str:
@@ -133,6 +169,16 @@ def _keys(args: argparse.Namespace) -> int:
     except (BadRequest, NotFound) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _webhooks(args: argparse.Namespace) -> int:
+    """Print the key webhooks are signed with (`webhooks.secret`, else derived from the server's
+    secret): receivers check `X-Autobots-Signature` with it. It is printed here and nowhere else."""
+    from .services.webhooks import webhook_secret
+    from .settings import load_settings
+
+    print(webhook_secret(load_settings(args.config)))
     return 0
 
 
@@ -202,6 +248,9 @@ def _run_through_manager(core: Any, message: Any, flow: Any) -> Any:
     return core.runs.outcome(prepared)
 
 
+LOG_FORMATS = ("text", "json")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="autobots", description=__doc__)
     parser.add_argument("--config", help="config JSON (default: $AUTOBOTS_CONFIG or src/web/config.json)")
@@ -219,11 +268,19 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="API processes (the distributed mode only: runs.broker_url; they hold no run state)",
     )
+    serve.add_argument("--log-format", choices=LOG_FORMATS, help="text or json lines (default: log_format)")
     serve.set_defaults(func=_serve)
     worker = sub.add_parser("worker", help="run queued runs (the distributed mode: runs.broker_url)")
     worker.add_argument(
         "--concurrency", type=int, help="runs at once (threads; default runs.worker_concurrency)"
     )
+    worker.add_argument("--log-format", choices=LOG_FORMATS, help="text or json lines (default: log_format)")
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve this machine's metrics on this port (for a worker machine with no API process)",
+    )
+    worker.add_argument("--metrics-host", default="127.0.0.1", help="where --metrics-port listens")
     worker.set_defaults(func=_worker)
     keys = sub.add_parser("keys", help="API keys for auth.mode token")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -236,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     revoke = keys_sub.add_parser("revoke", help="revoke a key by its id or by the key itself")
     revoke.add_argument("key", metavar="KEY_ID_OR_KEY")
     keys.set_defaults(func=_keys)
+    hooks = sub.add_parser("webhooks", help="webhooks: the key their signatures are made with")
+    hooks_sub = hooks.add_subparsers(dest="webhooks_command", required=True)
+    hooks_sub.add_parser("secret", help="print the HMAC-SHA256 key of X-Autobots-Signature (for receivers)")
+    hooks.set_defaults(func=_webhooks)
     run = sub.add_parser("run", help="run one workflow from the command line")
     run.add_argument("workflow", help="a workflow JSON file (a flow_config, or a body with one)")
     run.add_argument("message")

@@ -15,6 +15,7 @@ import json
 import os
 import typing
 from collections.abc import Iterator, Mapping
+from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,67 @@ class CorsSettings(BaseModel):
     allowed_origins: list[str] = Field(default_factory=list)
 
 
+class ScheduleSettings(BaseModel):
+    """Schedules (`/api/schedules`): every server process (and worker) checks for due ones every
+    `tick_s`; a due time is claimed in the database, so one process fires it (services/schedules.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    tick_s: float = Field(1.0, gt=0, le=60)
+
+
+class WebhookSettings(BaseModel):
+    """Webhooks on a run's end (`webhook: {url}` on POST /api/runs or a schedule), signed with
+    `secret` (unset: derived from the server's `secret_key`; `python -m autobots webhooks secret`
+    prints it). Only hosts named in `allowed_hosts` (host names or IP literals) may be called;
+    none by default, so webhooks are refused until an operator names some (services/webhooks.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allowed_hosts: list[str] = Field(default_factory=list, max_length=100)
+    secret: SecretStr | None = Field(default=None, exclude=True, min_length=16)
+    # Attempts per delivery; the n-th retry waits backoff_s * 2**(n-1).
+    tries: int = Field(3, ge=1, le=10)
+    backoff_s: float = Field(10, ge=0, le=3600)
+    timeout_s: float = Field(10, gt=0, le=120)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        hosts = []
+        for entry in value:
+            host = entry.strip().lower().rstrip(".").removeprefix("[").removesuffix("]")
+            if not host or any(c in host for c in "/@? #") or (":" in host and host.count(":") < 2):
+                raise ValueError(f"'{entry}' is not a host name or an IP address (no scheme, port or path)")
+            hosts.append(host)
+        return hosts
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class MetricsSettings(BaseModel):
+    """`GET /metrics` (Prometheus text format). Every process of one machine writes its counters
+    to files in `multiproc_dir` (prometheus_client's multiprocess mode) and any API process of
+    that machine serves their sum. Reachable from loopback clients (`allow_loopback`), and from
+    anywhere with `Authorization: Bearer <token>`: `token` (AUTOBOTS_METRICS__TOKEN), or only its
+    SHA-256 hex digest (`token_sha256`) so the config file holds no secret."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    # Default: `metrics/` in the server's data dir (data_dir, else the SQLite database's dir,
+    # else the working directory). One per machine: every process of the machine shares it.
+    multiproc_dir: str | None = None
+    token: SecretStr | None = Field(default=None, exclude=True, min_length=16)
+    token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    # Behind a reverse proxy on the same machine every client looks like loopback: set false.
+    allow_loopback: bool = True
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         extra="ignore", env_prefix=ENV_PREFIX, env_nested_delimiter="__", validate_default=True
@@ -203,6 +265,12 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
     tools: ToolSettings = Field(default_factory=ToolSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    # How log lines look: `text` for people, `json` (one object a line) for a log collector.
+    # Also `--log-format` on `serve` and `worker` (AUTOBOTS_LOG_FORMAT).
+    log_format: LogFormat = LogFormat.TEXT
+    schedules: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     # What the original project's client scripts read from this file.
     default_user_id: str = Field("guestuser@autobots.local", min_length=1, max_length=200)
     default_session_id: str | None = None
@@ -340,6 +408,23 @@ def _describe(exc: ValidationError) -> str:
         env = ENV_PREFIX + "__".join(str(p).upper() for p in err["loc"]) if path else ""
         lines.append(f"  {path or '(top level)'} (env {env}): {err['msg']}")
     return "\n".join(lines)
+
+
+def data_dir(settings: Settings) -> Path:
+    """Where the server keeps its own files: `data_dir`, else the SQLite database's directory,
+    else the working directory."""
+    if settings.data_dir:
+        return Path(settings.data_dir)
+    url = settings.database_url
+    if url.startswith("sqlite:///") and url.removeprefix("sqlite:///") not in ("", ":memory:"):
+        return Path(url.removeprefix("sqlite:///").split("?", 1)[0]).resolve().parent
+    return Path.cwd()
+
+
+def metrics_dir(settings: Settings) -> Path:
+    """This machine's prometheus_client multiprocess directory (`metrics.multiproc_dir`)."""
+    configured = settings.metrics.multiproc_dir
+    return Path(configured).expanduser() if configured else data_dir(settings) / "metrics"
 
 
 def load_settings(config_path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:

@@ -17,18 +17,22 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from .services import metrics
 from .services.backends.celery_queue import CeleryQueue
-from .services.core import build_services
+from .services.core import Services, build_services
 from .settings import Settings
 
 log = logging.getLogger("autobots.worker")
 
 
-def run_worker(settings: Settings, concurrency: int) -> int:
+def run_worker(settings: Settings, concurrency: int, metrics_at: tuple[str, int] | None = None) -> int:
+    """Logging is configured by the entry point (`cli.py`: `logs.configure`); Celery keeps it."""
     from celery import signals
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     core = build_services(settings, recover=True)
+    # Celery configures logging itself unless a receiver of setup_logging does: ours is done.
+    signals.setup_logging.connect(lambda **_: None, weak=False)
+    _serve_metrics(core, metrics_at)
     queue = core.backends.queue
     assert isinstance(queue, CeleryQueue)
 
@@ -57,4 +61,18 @@ def run_worker(settings: Settings, concurrency: int) -> int:
         ]
     )
     core.writer.close()
+    if core.metrics_dir is not None:
+        metrics.process_exited(os.getpid(), core.metrics_dir)
     return 0
+
+
+def _serve_metrics(core: Services, at: tuple[str, int] | None) -> None:
+    """`--metrics-port`: this machine's metrics (its processes' files) for a worker machine with
+    no API process to scrape; the database's run gauges are the API processes' to serve."""
+    if at is None or core.run_gauges is None:
+        return
+    from prometheus_client import start_http_server
+
+    host, port = at
+    start_http_server(port, addr=host, registry=metrics.registry(core.metrics_dir))
+    log.info("metrics at http://%s:%d/metrics", host, port)

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, m
 
 from .chat import GalleryItem, Message, Session
 from .pagination import PageQuery
+from .webhooks import WebhookDelivery, WebhookSpec
 from .workflow import AgentWorkFlowConfig
 
 T = TypeVar("T")
@@ -73,6 +74,12 @@ class PostMessageRequest(_Body):
         if self.workflow_version is not None and self.workflow_id is None:
             raise ValueError("workflow_version needs workflow_id")
         return self
+
+
+class StartRunRequest(PostMessageRequest):
+    """`POST /api/runs`: a message to run, and where to tell of the run's end."""
+
+    webhook: WebhookSpec | None = None
 
 
 class PostMessageResponse(Envelope[Message]):
@@ -203,6 +210,9 @@ class RunInfo(BaseModel):
     input_prompt_id: str | None = None
     workflow_id: str | None = None
     workflow_version: int | None = None
+    webhook: WebhookDelivery | None = Field(
+        default=None, description="the run's webhook (POST /api/runs or a schedule) and its attempts"
+    )
 
 
 class RunResponse(Envelope[RunInfo]):
@@ -246,6 +256,24 @@ class UnpublishedResponse(Envelope[Unpublished]):
 
 
 class HealthResponse(Envelope[Health]):
+    pass
+
+
+class DependencyState(BaseModel):
+    """One dependency in `/api/ready` (services/readiness.py)."""
+
+    state: str = Field(description="up or down; the embedded model: loaded, loading, not_loaded or down")
+    latency_ms: float | None = Field(description="how long the check took (null when it failed at once)")
+    required: bool = Field(description="whether the server is not ready while this is down")
+    detail: str | None = Field(None, description="why it is down: the error's kind, or timeout")
+
+
+class Ready(BaseModel):
+    ready: bool
+    dependencies: dict[str, DependencyState]
+
+
+class ReadyResponse(Envelope[Ready]):
     pass
 
 

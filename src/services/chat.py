@@ -129,19 +129,22 @@ class ChatService:
         interactive: bool = True,
         workflow: WorkflowRef | None = None,
         history: list[Turn] | None = None,
+        webhook: str | None = None,
     ) -> PreparedRun:
         """Check the request, then store the question, the run (and a new session) together.
         `interactive`: whether a human may be asked during the run (stored for its worker).
         `workflow`: the saved workflow `flow` is (recorded with the run and a new session; a
         session's follow-up without a flow records the session's). `history`: the earlier turns
-        as the client holds them (the OpenAI-compatible endpoint), instead of the session's."""
+        as the client holds them (the OpenAI-compatible endpoint), instead of the session's.
+        `webhook`: a URL (checked) to tell of the run's end, stored with the run."""
         if message.role != "user":
             raise BadRequest("message.role must be 'user' for a message to answer")
         if self._limits is not None:
             self._limits.check_new_run(message.user_id)
         session_id = message.session_id or str(uuid.uuid4())
         # Session ids are the user's own: another user's session of the same id is another session.
-        session = self.repo.get_session(message.user_id, session_id)
+        # A session id made just now names no stored session: no read for it.
+        session = self.repo.get_session(message.user_id, session_id) if message.session_id else None
         if flow is None:
             if session is None:
                 raise BadRequest("flow_config (or workflow_id) is required for a new session")
@@ -187,6 +190,7 @@ class ChatService:
                 max_live=max_live,
                 interactive=interactive,
                 workflow=workflow,
+                webhook=webhook,
             )
         except Conflict as exc:
             raise BadRequest(str(exc)) from exc

@@ -96,7 +96,7 @@ class RunExecutors:
                     session_workdir(self._settings, self._session_id, self._owner),
                     self._settings,
                     self._run_id,
-                    observer=self._on_event,
+                    observer=self._tagged(slot),
                 )
             executor = slot.executor
         with self._lock:
@@ -104,6 +104,19 @@ class RunExecutors:
         if closed:  # the run was cancelled while this agent was being built
             executor.close()
         return executor
+
+    def _tagged(self, slot: _Slot) -> Callable[[str, dict[str, Any]], None] | None:
+        """The run's observer, told which executor ran the code (`executor`: what really ran,
+        the local sandbox where Docker fell back to it), for the event and the metrics."""
+        on_event = self._on_event
+        if on_event is None:
+            return None
+
+        def observe(kind: str, data: dict[str, Any]) -> None:
+            executor = slot.executor
+            on_event(kind, {**data, "executor": executor.kind} if executor is not None else data)
+
+        return observe
 
     def _executors(self) -> list[SandboxExecutor]:
         with self._lock:

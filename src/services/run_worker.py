@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from .. import logs
 from ..agents.workflows import WorkflowOutcome
 from ..auth.secretbox import SecretBox
 from ..llm.usage import LLMCall
@@ -34,6 +35,7 @@ from ..storage.runstate import RunStateRepository
 from . import handoff
 from .backends import Backends
 from .chat import ChatService, PreparedRun, RunControl, RunObserver
+from .deadlines import Deadline, Deadlines
 from .errors import DependencyUnavailable, RunFailed
 from .event_writer import EventWriter
 from .live import SEQ_SLACK, LiveRun
@@ -66,6 +68,7 @@ class RunWorker:
         self._box = box
         self._files = files  # the distributed mode: a session's files kept for every process
         self._live: dict[str, LiveRun] = {}
+        self._deadlines = Deadlines()  # every run's wall-time cap, on one thread
         self._lock = threading.Lock()
         self.closing = False
 
@@ -136,7 +139,8 @@ class RunWorker:
         try:
             if self._b.stops.requested(run_id):  # cancelled just before this process held it
                 self.on_stop(run_id)
-            self._work(live)
+            with logs.bound(logs.run_id, run_id), logs.bound(logs.user_id, live.prepared.message.user_id):
+                self._work(live)  # every line the run's thread writes names the run
         finally:
             self._b.liveness.release(run_id)
             self.forget(run_id)
@@ -180,7 +184,7 @@ class RunWorker:
         return live
 
     def _work(self, live: LiveRun) -> None:
-        cap: threading.Timer | None = None
+        cap: Deadline | None = None
         try:
             if live.concluded:  # cancelled while queued
                 return
@@ -188,9 +192,7 @@ class RunWorker:
                 self._change_status(live, RunStatus.RUNNING)  # stored by the claim
             # The hard wall-time cap: limits are checked before every LLM call and code block,
             # but one call or block may hang past the cap; this ends the run then regardless.
-            cap = threading.Timer(self._chat.settings.limits.max_run_seconds, self._time_cap, (live,))
-            cap.daemon = True
-            cap.start()
+            cap = self._deadlines.after(self._chat.settings.limits.max_run_seconds, self._time_cap, live)
             observer = RunObserver(
                 on_message=lambda m: self._emit(live, EventKind.MESSAGE, m.as_dict()),
                 on_call=lambda c: self._emit(live, EventKind.LLM_CALL, _call_event(c)),

@@ -84,10 +84,11 @@ class RunManager:
         interactive: bool = True,
         workflow: WorkflowRef | None = None,
         history: list[Turn] | None = None,
+        webhook: str | None = None,
     ) -> PreparedRun:
         """Store the question and queue the run; a bad request raises before anything is stored.
-        `workflow` and `history`: see `ChatService.prepare`."""
-        return self._start(message, flow, interactive, workflow, history)[0]
+        `workflow`, `history` and `webhook`: see `ChatService.prepare`."""
+        return self._start(message, flow, interactive, workflow, history, webhook)[0]
 
     def _start(
         self,
@@ -96,8 +97,9 @@ class RunManager:
         interactive: bool,
         workflow: WorkflowRef | None = None,
         history: list[Turn] | None = None,
+        webhook: str | None = None,
     ) -> tuple[PreparedRun, LiveRun | None]:
-        prepared = self._chat.prepare(message, flow, interactive, workflow, history)
+        prepared = self._chat.prepare(message, flow, interactive, workflow, history, webhook)
         run_id = prepared.run_id
         live = None
         if self._b.distributed:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, insert, select, text
+from sqlalchemy import CursorResult, Table, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as OrmSession
 
@@ -27,6 +27,14 @@ from .tables import (
     RunRow,
     SessionRow,
 )
+from .webhooks import add_delivery
+
+# The tables themselves, for plain Core statements (no ORM unit of work on the run path).
+_RUNS = cast("Table", RunRow.__table__)
+_MESSAGES = cast("Table", MessageRow.__table__)
+_SESSIONS = cast("Table", SessionRow.__table__)
+_EVENTS = cast("Table", RunEventRow.__table__)
+_CALLS = cast("Table", LLMCallRow.__table__)
 
 
 class TooManyLiveRuns(Exception):
@@ -163,16 +171,20 @@ class Repository(Store):
         max_live: int = 0,
         interactive: bool = True,
         workflow: tuple[str, int] | None = None,
+        webhook: str | None = None,
     ) -> None:
         """Store the user's message and its run (and the session, if new) all or nothing; `flow`
         is the workflow the run runs, as sent (credential references, never keys), `workflow` the
-        saved workflow's id and version it is (None: a bare flow_config). With
+        saved workflow's id and version it is (None: a bare flow_config), `webhook` the URL told of
+        its end (a `webhook_deliveries` row, `storage/webhooks.py`). With
         `max_live`, a user who has that many unfinished runs already gets `TooManyLiveRuns`: the
         count and the insert are one step, so simultaneous requests cannot all slip past it."""
         if message.session_id is None:
             raise ValueError("a run belongs to a session")
         try:
-            self._start_run(run_id, message, new_session, status, flow, max_live, interactive, workflow)
+            self._start_run(
+                run_id, message, new_session, status, flow, max_live, interactive, workflow, webhook
+            )
         except IntegrityError as exc:  # an id taken by another process in the meantime
             raise Conflict(
                 f"session {message.session_id} or message {message.msg_id} is already in use"
@@ -188,6 +200,7 @@ class Repository(Store):
         max_live: int,
         interactive: bool,
         workflow: tuple[str, int] | None = None,
+        webhook: str | None = None,
     ) -> None:
         assert message.session_id is not None
         with self._write() as db:
@@ -200,9 +213,9 @@ class Repository(Store):
                 # Two first messages of one new session may race here: the second finds the
                 # session the first created, and both runs belong to it.
                 _ensure_session(db, message.user_id, new_session)
-            _add_message(db, message)
-            db.add(
-                RunRow(
+            _add_message(db, message, check_taken=False)  # a taken id: IntegrityError -> Conflict
+            db.execute(
+                insert(_RUNS).values(
                     run_id=run_id,
                     session_id=message.session_id,
                     user_id=message.user_id,
@@ -214,6 +227,8 @@ class Repository(Store):
                     workflow_version=workflow[1] if workflow else None,
                 )
             )
+            if webhook is not None:
+                add_delivery(db, run_id, webhook)
 
     def finish_run(
         self,
@@ -233,20 +248,26 @@ class Repository(Store):
         Returns False when nothing was stored: the run ended already, or is gone (its session
         was deleted while it ran), as the user asked for the session to go. With
         `stale_before`, only a run whose worker's last heartbeat is older than that is ended."""
+        runs = _RUNS.c
+        query = update(_RUNS).where(runs.run_id == run_id, runs.status.in_(list(when)))
+        if stale_before is not None:
+            query = query.where(runs.heartbeat_at < stale_before)  # a silent worker's only
+        query = query.values(
+            status=status,
+            error=error,
+            usage=usage,
+            ended_at=datetime.now(UTC),
+            input_prompt=None,
+            input_prompt_id=None,
+        )
+        if reply is not None:
+            query = query.values(assistant_msg_id=reply.msg_id)
         with self._write() as db:
-            run = db.get(RunRow, run_id, with_for_update=True)
-            if run is None or run.status not in when:
-                return False
-            if stale_before is not None and (run.heartbeat_at is None or run.heartbeat_at >= stale_before):
+            # One conditional UPDATE decides (no read first): of two enders, one matches.
+            if not _count(db.execute(query)):
                 return False
             if reply is not None:
-                _add_message(db, reply)
-                run.assistant_msg_id = reply.msg_id
-            run.status = status
-            run.error = error
-            run.usage = usage
-            run.ended_at = datetime.now(UTC)
-            run.input_prompt = run.input_prompt_id = None
+                _add_message(db, reply, check_taken=False)  # a fresh id: the constraint guards it
             return True
 
     def add_llm_call(self, run_id: str, session_id: str, call: dict[str, Any]) -> None:
@@ -275,9 +296,9 @@ class Repository(Store):
             )
             events = [e for e in events if e[0] in alive]
             calls = [c for c in calls if c[0] in alive]
-            if events:
+            if events:  # Core executemany on the tables: no ORM bulk machinery per row
                 db.execute(
-                    insert(RunEventRow),
+                    insert(_EVENTS),
                     [
                         {"run_id": r, "seq": s, "type": t, "data": d, "created_at": now}
                         for r, s, t, d in events
@@ -285,7 +306,8 @@ class Repository(Store):
                 )
             if calls:
                 db.execute(
-                    insert(LLMCallRow), [{"run_id": r, "session_id": sid, **row} for r, sid, row in calls]
+                    insert(_CALLS),
+                    [{"run_id": r, "session_id": sid, **row} for r, sid, row in calls],
                 )
 
     def events_after(self, run_id: str, seq: int, limit: int = 1000) -> list[tuple[int, str, dict[str, Any]]]:
@@ -376,42 +398,49 @@ def _ensure_session(db: OrmSession, user_id: str, session: Session) -> None:
         )
     )
     if found is None:
-        db.add(_session_row(session))
-        db.flush()
+        db.execute(insert(_SESSIONS).values(**_session_values(session)))
 
 
-def _add_message(db: OrmSession, message: Message) -> None:
+def _add_message(db: OrmSession, message: Message, check_taken: bool = True) -> None:
+    """A plain INSERT (no ORM unit of work). `check_taken=False` where the caller turns the
+    unique constraint's IntegrityError into a Conflict itself, or the id is freshly made."""
     if message.session_id is None:
         raise ValueError("a message is saved into a session")
-    taken = select(MessageRow.id).where(
-        MessageRow.user_id == message.user_id, MessageRow.msg_id == message.msg_id
-    )
-    if db.scalar(taken) is not None:
-        raise Conflict(f"msg_id {message.msg_id} is already in use")
-    db.add(
-        MessageRow(
+    if check_taken:
+        taken = select(MessageRow.id).where(
+            MessageRow.user_id == message.user_id, MessageRow.msg_id == message.msg_id
+        )
+        if db.scalar(taken) is not None:
+            raise Conflict(f"msg_id {message.msg_id} is already in use")
+    db.execute(
+        insert(_MESSAGES).values(
             msg_id=message.msg_id,
             session_id=message.session_id,
             user_id=message.user_id,
             role=message.role,
             content=message.content,
             root_msg_id=message.root_msg_id,
-            meta=message.metadata,
+            metadata=message.metadata,
             created_at=message.timestamp,
         )
     )
 
 
-def _session_row(session: Session) -> SessionRow:
-    return SessionRow(
-        session_id=session.session_id,
-        user_id=session.user_id,
-        name=session.name,
-        flow_config=session.flow_config.model_dump(mode="json"),
-        created_at=session.timestamp,
-        workflow_id=session.workflow_id,
-        workflow_version=session.workflow_version,
-    )
+def _session_values(session: Session) -> dict[str, Any]:
+    return {
+        "session_id": session.session_id,
+        "user_id": session.user_id,
+        "name": session.name,
+        "flow_config": session.flow_config.model_dump(mode="json"),
+        "created_at": session.timestamp,
+        "workflow_id": session.workflow_id,
+        "workflow_version": session.workflow_version,
+    }
+
+
+def _count(result: Any) -> int:
+    """Rows an UPDATE or DELETE matched."""
+    return int(cast("CursorResult[Any]", result).rowcount)
 
 
 def _session(row: SessionRow) -> Session:

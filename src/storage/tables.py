@@ -332,3 +332,58 @@ class UsageDayRow(Base):
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     cost_usd: Mapped[str] = mapped_column(String(40), default="0")
+
+
+class ScheduleRow(Base):
+    """A user's schedule: a message sent to a workflow on a cron expression or every `every_s`,
+    in the schedule's own session. `next_fire_at` is the due time a process claims (a conditional
+    UPDATE from the value it read), so each due time fires once across processes; null while the
+    schedule is paused or stopped (`stopped_reason` says why it stopped)."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (
+        Index("ix_schedules_user_created", "user_id", "created_at"),
+        Index("ix_schedules_next_fire", "next_fire_at"),
+    )
+
+    schedule_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(200))
+    workflow_id: Mapped[str] = mapped_column(String(100))
+    message: Mapped[str] = mapped_column(Text)
+    cron: Mapped[str | None] = mapped_column(String(200))
+    every_s: Mapped[int | None] = mapped_column(Integer)
+    tz: Mapped[str] = mapped_column(String(64))
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    session_id: Mapped[str] = mapped_column(String(100))
+    # The API key that created (or last re-enabled) it, in auth.mode token: revoked, it stops.
+    key_id: Mapped[str | None] = mapped_column(String(40))
+    stopped_reason: Mapped[str | None] = mapped_column(Text)
+    next_fire_at: Mapped[datetime | None]
+    last_fired_at: Mapped[datetime | None]
+    last_run_id: Mapped[str | None] = mapped_column(String(100))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error_at: Mapped[datetime | None]
+    fire_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+    updated_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+class WebhookDeliveryRow(Base):
+    """A run's webhook: stored with the run, delivered once the run has ended (however it ended)
+    by whichever process leases it first (`lease_until`, `claimed_by`: conditional UPDATEs);
+    `attempts` holds each try's time, HTTP status or error, and duration."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_state", "state", "next_attempt_at"),)
+
+    delivery_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(20))  # pending | delivered | failed
+    attempts: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # None: as soon as the run has ended; else not before then (a retry's backoff).
+    next_attempt_at: Mapped[datetime | None]
+    lease_until: Mapped[datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=_now)

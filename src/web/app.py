@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import cast
 
 from flask.json.provider import DefaultJSONProvider
@@ -12,7 +11,7 @@ from .. import __version__
 from ..auth.settings import AuthMode
 from ..services.core import build_services
 from ..settings import Settings, load_settings
-from . import apidoc, limits, pages, security
+from . import apidoc, limits, pages, requestlog, security
 from .api import (
     auth,
     credentials,
@@ -20,8 +19,10 @@ from .api import (
     gallery,
     health,
     messages,
+    metrics,
     openai_compat,
     runs,
+    schedules,
     sessions,
     skills,
     workflows,
@@ -31,10 +32,8 @@ from .errors import register_error_handlers, validation_error_response
 
 
 def create_app(settings: Settings | None = None) -> OpenAPI:
+    # Logging is the entry point's (`logs.configure`, by `serve` and `worker`), not the app's.
     settings = settings or load_settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # httpx logs every LLM request at INFO: a line per agent turn drowns what the server says.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     app = OpenAPI(
         __name__,
         info=Info(title="autobots", version=__version__),
@@ -54,8 +53,10 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
 
     app.extensions["autobots"] = build_services(settings)
 
-    # In this order: who is asking, then their request rate, then the body's shape.
+    # In this order: the request's id, who is asking, then their request rate, then the body's shape.
+    requestlog.install_start(app)
     app.before_request(load_principal)
+    requestlog.install_finish(app, count=settings.metrics.enabled)
     limits.install(app, settings.limits.per_user)
     app.before_request(refuse_unauthenticated)
     register_error_handlers(app)
@@ -63,7 +64,9 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     for module in (messages, runs, sessions, files, gallery, health, pages, auth, credentials, workflows):
         app.register_api(module.bp)
     app.register_api(skills.bp)
+    app.register_api(schedules.bp)
     # OpenAI's API, not this one's: outside the OpenAPI document (see api/openai_compat.py).
     app.register_blueprint(openai_compat.bp)
+    app.register_blueprint(metrics.bp)  # Prometheus' format, not the API's: outside the document too
     apidoc.finish(app, settings)
     return app

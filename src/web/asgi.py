@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,8 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+log = logging.getLogger("autobots.http")
 
 EVENTS_PATH = re.compile(r"/api/runs/([^/]{1,100})/events")
 # A request whose body has not fully arrived by then is dropped: it must not hold a thread.
@@ -82,6 +85,7 @@ class Front:
                     if not message.get("more_body", False):
                         break
         except TimeoutError:
+            log.info("request body not received in time", extra={"fields": {"status": 408}})
             await _send_json(
                 send, 408, b'{"status":false,"message":"request body not received in time","data":null}'
             )

@@ -24,7 +24,7 @@ from ..services.errors import Forbidden, Unauthorized
 from ..services.identity import IdentityService, Principal
 from .context import services
 
-# Endpoints anyone may call: the page and its files, liveness, the OpenAPI document, the public
+# Endpoints anyone may call: the page and its files, liveness and readiness, the OpenAPI document, the public
 # gallery (reading), and signing in. Everything else needs credentials when sign-in is on.
 PUBLIC = frozenset(
     {
@@ -32,6 +32,8 @@ PUBLIC = frozenset(
         "pages.static",
         "pages.index",
         "health.health",
+        "health.ready",
+        "metrics.metrics_text",  # not open: it has its own check (loopback or metrics.token)
         "health.openapi",
         "gallery.get_gallery",
         "gallery.get_gallery_item",

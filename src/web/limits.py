@@ -15,7 +15,7 @@ from flask_limiter import Limiter
 from ..settings import PerUserLimits
 from .auth import claimed_user, principal
 
-UNLIMITED_ENDPOINTS = frozenset({"static", "pages.static", "pages.index", "health.health"})
+UNLIMITED_ENDPOINTS = frozenset({"static", "pages.static", "pages.index", "health.health", "health.ready"})
 
 
 def _key() -> str:

@@ -16,10 +16,11 @@ import resource
 import threading
 from typing import Any
 
+from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gasgi import ASGIWorker
 
-from ..settings import Settings
+from ..settings import Settings, metrics_dir
 
 
 class GunicornServer(BaseApplication):
@@ -41,16 +42,27 @@ class GunicornServer(BaseApplication):
             "timeout": 0,
             "graceful_timeout": 10,
             "keepalive": 5,
-            "accesslog": "-",
+            # No access log of gunicorn's: the app writes one line per request itself
+            # (requestlog.py: without the query string, in the process's log format), and
+            # gunicorn's own lines go through that format too.
+            "accesslog": None,
             "errorlog": "-",
             "loglevel": "info",
-            # Query strings are logged; request bodies (where keys would be) never are.
-            "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(M)sms',
+            "logger_class": ProcessLogger,
             "worker_exit": _stop_runs,
+            "child_exit": self._child_exit,
             "control_socket_disable": True,
         }
         for key, value in options.items():
             self.cfg.set(key, value)
+
+    def _child_exit(self, _arbiter: Any, worker: Any) -> None:
+        """In the master, after a worker exited (a SIGKILL too): its metrics files are a dead
+        process's (see services/metrics.py)."""
+        if self._settings.metrics.enabled:
+            from ..services.metrics import process_exited
+
+            process_exited(worker.pid, metrics_dir(self._settings))
 
     def load(self) -> Any:
         from .app import create_app
@@ -69,12 +81,28 @@ class StoppingASGIWorker(ASGIWorker):
         threading.Thread(target=_stop_runs, args=(None, self), name="stop-runs", daemon=True).start()
 
 
+class ProcessLogger(glogging.Logger):
+    """gunicorn's lines through the process's own logging (`logs.configure`: its format, on
+    stderr) rather than through handlers of gunicorn's."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for logger in (self.error_log, self.access_log):
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
+            logger.propagate = True
+
+
+def _services(worker: Any) -> Any:
+    front = getattr(worker, "asgi", None) or getattr(worker, "wsgi", None)
+    app = getattr(front, "app", None)
+    return getattr(app, "extensions", {}).get("autobots")
+
+
 def _stop_runs(_arbiter: Any, worker: Any) -> None:
     """End live runs as interrupted before the worker exits: a run waiting for a human (or
     queued) would otherwise hold the interpreter open until the master's SIGKILL."""
-    front = getattr(worker, "asgi", None) or getattr(worker, "wsgi", None)
-    app = getattr(front, "app", None)
-    services = getattr(app, "extensions", {}).get("autobots")
+    services = _services(worker)
     if services is not None:
         services.runs.shutdown()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -76,6 +77,9 @@ def start_server(
     for key in ("AUTOBOTS_REQUIRE_DOCKER", "DOCKER_HOST"):
         if key in os.environ:
             full_env[key] = os.environ[key]
+    # A benchmark's way to set the servers a script starts (bench/ops_cost.py runs overhead.py
+    # with metrics and log formats chosen here): a JSON object of variables.
+    full_env.update(json.loads(os.environ.get("AUTOBOTS_TEST_SERVER_ENV") or "{}"))
     full_env.update(env or {})
     if config is not None:
         full_env["AUTOBOTS_CONFIG"] = str(config)

@@ -16,10 +16,10 @@ from ...schemas.api import (
     Envelope,
     ErrorResponse,
     EventsQuery,
-    PostMessageRequest,
     RunInputRequest,
     RunQuery,
     RunResponse,
+    StartRunRequest,
 )
 from ...schemas.runs import EventKind, RunStatus
 from ...services.history import MAX_RUNS, SINCE_FORMS
@@ -39,13 +39,16 @@ class RunPath(BaseModel):
 
 
 @bp.post("/runs", responses={202: RunResponse, **ERRORS})
-def start_run(body: PostMessageRequest) -> tuple[Response, int]:
-    """Start a run and answer at once (202); watch it at /api/runs/{run_id}/events."""
+def start_run(body: StartRunRequest) -> tuple[Response, int]:
+    """Start a run and answer at once (202); watch it at /api/runs/{run_id}/events. With
+    `webhook`, the run's summary is POSTed there, signed, when it ends (its host must be in
+    `webhooks.allowed_hosts`)."""
     message = own_message(body.message)
+    webhook = services().webhooks.check(body.webhook.url) if body.webhook is not None else None
     flow, ref = services().workflows.for_run(
         message.user_id, body.flow_config, body.workflow_id, body.workflow_version
     )
-    run = services().runs.submit(message, flow, workflow=ref)
+    run = services().runs.submit(message, flow, workflow=ref, webhook=webhook)
     data = {
         "run_id": run.run_id,
         "session_id": run.message.session_id,
@@ -110,9 +113,43 @@ def list_runs(query: RunsQuery) -> tuple[Response, int]:
 
 @bp.get("/runs/<run_id>", responses={200: RunResponse, **ERRORS})
 def get_run(path: RunPath, query: RunQuery) -> tuple[Response, int]:
-    """Status, timing and usage so far, and the error if any."""
+    """Status, timing and usage so far, the error if any, and its webhook's attempts."""
+    return envelope(True, "run retrieved", data=_described(run_owner(query.user_id), path.run_id))
+
+
+def _described(user_id: str | None, run_id: str) -> dict[str, Any]:
+    """The run as GET /api/runs/<id> shows it, with its webhook delivery (if it asked for one)."""
+    data = services().runs.describe(user_id, run_id)
+    data["webhook"] = services().webhooks.for_run(run_id)
+    return data
+
+
+class RunWaitModel(BaseModel):
+    state: str = Field(description="loading, queued, reading, writing or idle")
+    ahead: int = Field(description="requests the model serves before this run's next one")
+    estimate_s: float | None = Field(description="seconds until this run's reply starts")
+    loading: dict[str, Any] | None = None
+
+
+class RunWait(BaseModel):
+    run_id: str
+    status: RunStatus
+    model: RunWaitModel | None = Field(
+        description="where the run's calls stand at the embedded model on this machine; null "
+        "unless the run is running on it"
+    )
+
+
+class RunWaitResponse(Envelope[RunWait]):
+    pass
+
+
+@bp.get("/runs/<run_id>/wait", responses={200: RunWaitResponse, **ERRORS})
+def run_wait(path: RunPath, query: RunQuery) -> tuple[Response, int]:
+    """How long the run waits for the embedded model: loading, or its place in the model's
+    queue, with an estimate in seconds (counts only; nothing about other runs)."""
     return envelope(
-        True, "run retrieved", data=services().runs.describe(run_owner(query.user_id), path.run_id)
+        True, "wait estimated", data=services().waits.for_run(run_owner(query.user_id), path.run_id)
     )
 
 
