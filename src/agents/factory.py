@@ -236,10 +236,26 @@ class AgentFactory:
 
         agent.register_hook("safeguard_llm_inputs", check_budget)
         if agent.llm_config:  # after its tools: offering one rebuilds the agent's OpenAIWrapper
-            agent.register_model_client(cast(Any, ServerModelClient))  # typed as an instance; takes the class
+            # AutoGen fills one placeholder per call: once for each entry of the config_list.
+            for _ in range(_entries_of(agent.llm_config, ServerModelClient.__name__)):
+                agent.register_model_client(
+                    cast(Any, ServerModelClient)
+                )  # typed as an instance; takes the class
         answer_silence_as_never(agent)  # no human answer acts as NEVER mode (see iostream.py)
         self.transcript.attach(agent)
         return agent
+
+
+def _entries_of(llm_config: Any, client_cls: str) -> int:
+    """How many entries of an llm_config (ours a dict, AutoGen's an LLMConfig) name `client_cls`."""
+    get = getattr(llm_config, "get", None)
+    entries = get("config_list") if callable(get) else None
+    return sum(
+        1
+        for e in entries or []
+        if (e.get("model_client_cls") if hasattr(e, "get") else getattr(e, "model_client_cls", None))
+        == client_cls
+    )
 
 
 def _timeout_of(llm_config: Any) -> float | None:
