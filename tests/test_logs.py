@@ -137,6 +137,8 @@ def test_json_lines_hold_requests_and_runs_but_no_content(
         assert "?" not in entry["path"]
     by_path = {(e["method"], e["path"]): e for e in requests_logged}
     assert by_path[("POST", "/api/messages")]["request_id"] == "req-abc.123"
+    assert by_path[("POST", "/api/messages")]["user_id"] == user_id  # named in the body
+    assert by_path[("POST", "/api/runs")]["user_id"] == user_id
     assert by_path[("POST", "/api/messages")]["status"] == 200
     assert by_path[("GET", "/api/health")]["request_id"] == generated
     assert by_path[("GET", "/api/nowhere")]["status"] == 404

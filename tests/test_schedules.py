@@ -184,6 +184,14 @@ def test_every_10_s_fires_on_time_as_an_ordinary_run_in_its_session(
     assert run_id in [h["run_id"] for h in history]
     assert any("what time is it?" in s.last_user_text for s in llm.served)
 
+    # Deleted, it stops: its next due time (created + 20 s) passes and starts no run.
+    path = f"{srv.url}/api/schedules/{created['id']}"
+    assert srv.http.delete(path, params={"user_id": user_id}, timeout=30).status_code == 200
+    second_due = when(created["created_at"]) + timedelta(seconds=20)
+    time.sleep(max(0.0, (second_due - datetime.now(UTC)).total_seconds()) + 1.5)
+    runs = srv.get("/api/runs", user_id=user_id).json()["data"]
+    assert [r["run_id"] for r in runs if r["session_id"] == created["session_id"]] == [run_id]
+
 
 def test_due_times_missed_while_down_fire_once(
     sched_server: RunningServer, llm: ScriptedLLM, user_id: str

@@ -2,7 +2,9 @@
 end is POSTed as a JSON summary signed with the key `python -m autobots webhooks secret` prints;
 a receiver that fails twice gets three attempts, each stored and shown on the run; a host that is
 not allowed is a 400 at submit; a name that resolves to loopback is refused at delivery; a
-redirect is never followed; a cancelled run and a schedule's run are told of too."""
+redirect is never followed; a cancelled run, a schedule's run and a run whose server was killed
+(told of by the next server, which marks it interrupted) are told of too; and, on a real SQLite
+file, each attempt is leased by one sender and a retry waits its backoff."""
 
 from __future__ import annotations
 
@@ -227,3 +229,77 @@ def test_a_schedule_s_runs_are_told_of(hooked: Hooked, receiver: Receiver, llm: 
     assert summary["run_id"] == schedule["last_run_id"] and summary["status"] == "completed"
     assert summary["session_id"] == schedule["session_id"] and summary["workflow"]["id"] == wid
     assert summary["answer"] == "Scheduled."
+
+
+def test_a_run_whose_server_died_is_told_of_by_the_next_one(
+    llm_server: ScriptedLLM, llm: ScriptedLLM, receiver: Receiver, tmp_path: Path, user_id: str
+) -> None:
+    """No process ends the run: its server is killed mid-call. The next server's start marks it
+    interrupted, and that server's ticker sends the delivery the first one stored with the run."""
+    env = {
+        "OPENAI_API_KEY": SERVER_KEY,
+        "OPENAI_BASE_URL": llm_server.base_url,
+        "AUTOBOTS_SCHEDULES__TICK_S": "0.1",
+        "AUTOBOTS_WEBHOOKS__ALLOWED_HOSTS": '["127.0.0.1"]',
+    }
+    llm.queue(Reply("never said", delay=60))
+    first = start_server(tmp_path, env=env)
+    try:
+        run_id = start(first, user_id, "die mid-run", receiver.url()).json()["data"]["run_id"]
+        deadline = time.monotonic() + 20
+        while not llm.max_in_flight:  # the call is in flight
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        first.kill()  # no goodbye: nothing of it ends the run or sends anything
+    assert receiver.received == []
+    second = start_server(tmp_path, env=env)
+    try:
+        (got,) = receiver.wait(1)
+        summary = json.loads(got.body)
+        assert summary["run_id"] == run_id and summary["status"] == "interrupted"
+        run = delivery(second, run_id, "delivered")
+        assert [a["status_code"] for a in run["webhook"]["attempts"]] == [200]
+    finally:
+        second.stop()
+
+
+def test_each_attempt_is_leased_once_and_waits_its_backoff(tmp_path: Path) -> None:
+    """The lease on a real SQLite file: one holder per attempt, and an id read before another
+    sender's failed attempt (several senders list what is deliverable, then lease one by one)
+    is not tried again before that attempt's backoff has passed."""
+    from datetime import UTC, datetime, timedelta
+
+    from autobots.schemas.chat import Message, Session
+    from autobots.schemas.workflow import AgentWorkFlowConfig
+    from autobots.storage.database import create_db_engine, make_session_factory, migrate
+    from autobots.storage.repository import Repository
+    from autobots.storage.webhooks import PENDING, WebhookRepository
+
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'hooks.sqlite'}")
+    migrate(engine)
+    repo = Repository(make_session_factory(engine))
+    hooks = WebhookRepository.alongside(repo)
+    session = Session(user_id="u@example.com", flow_config=AgentWorkFlowConfig.model_validate(FLOW))
+    message = Message(user_id="u@example.com", session_id=session.session_id, content="hi")
+    repo.start_run("run-1", message, new_session=session, status="running", webhook="http://127.0.0.1/h")
+    now = datetime.now(UTC)
+    assert hooks.deliverable(now) == []  # the run has not ended
+    assert repo.finish_run("run-1", "completed", usage={})
+    (delivery_id,) = listed = hooks.deliverable(now)
+
+    first = hooks.lease(delivery_id, "sender-a", now, now + timedelta(seconds=60))
+    assert first is not None and first.attempts == []
+    assert hooks.lease(delivery_id, "sender-b", now, now + timedelta(seconds=60)) is None  # held
+    attempt = {"at": now.isoformat(), "status_code": 500, "error": "the receiver answered 500"}
+    assert not hooks.record(delivery_id, "sender-b", attempt, PENDING, None)  # not its lease
+    assert hooks.record(delivery_id, "sender-a", attempt, PENDING, now + timedelta(seconds=10))
+
+    # sender-b still holds the list it read before: the backoff holds all the same.
+    later = now + timedelta(seconds=1)
+    assert hooks.lease(listed[0], "sender-b", later, later + timedelta(seconds=60)) is None
+    assert hooks.deliverable(later) == []
+    due = now + timedelta(seconds=10, milliseconds=1)
+    second = hooks.lease(delivery_id, "sender-b", due, due + timedelta(seconds=60))
+    assert second is not None and len(second.attempts) == 1
+    engine.dispose()

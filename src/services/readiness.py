@@ -15,12 +15,17 @@ answered by then is `down`), so the answer never hangs on a dead host:
   required when `fallback_to_local` would run the code in the local sandbox instead.
 Every entry has `state`, `latency_ms`, `required` and, when down, a short `detail` (an error's
 kind, never a URL with its password). The answer is ready when every required one is up.
+
+The route is public, so an answer is reused for `CACHE_S` and callers that arrive during a check
+share it: a flood of requests costs one round of checks a second, not a connection to each
+dependency per request.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -36,6 +41,7 @@ from ..settings import Settings
 from ..storage.repository import Repository
 
 TIMEOUT_S = 1.0
+CACHE_S = 1.0
 UP = "up"
 DOWN = "down"
 # The embedded model server's public health route (README: "GET /autobots/health (no key)").
@@ -57,9 +63,20 @@ class Readiness:
         # next answer reports them down after the timeout.
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ready")
         self._deps = self._dependencies()
+        self._lock = threading.Lock()  # one round of checks at a time; the others wait for it
+        self._last: tuple[float, tuple[bool, str, dict[str, dict[str, Any]]]] | None = None
 
     def check(self) -> tuple[bool, str, dict[str, dict[str, Any]]]:
-        """(ready, a sentence saying so, {name: {state, latency_ms, required[, detail]}})."""
+        """(ready, a sentence saying so, {name: {state, latency_ms, required[, detail]}}), at
+        most `CACHE_S` old."""
+        with self._lock:
+            if self._last is not None and time.monotonic() - self._last[0] < CACHE_S:
+                return self._last[1]
+            answer = self._check_now()
+            self._last = (time.monotonic(), answer)
+            return answer
+
+    def _check_now(self) -> tuple[bool, str, dict[str, dict[str, Any]]]:
         started = time.perf_counter()
         futures = {dep.name: (dep, self._pool.submit(_timed, dep.check)) for dep in self._deps}
         report: dict[str, dict[str, Any]] = {}

@@ -19,8 +19,11 @@ Contract:
   the server's secret, so every process of a deployment agrees; `python -m autobots webhooks
   secret` prints it; never logged or returned by the API), `X-Autobots-Delivery` (the same on
   every attempt: receivers dedupe by it) and `X-Autobots-Timestamp` (Unix seconds of the attempt).
-- `webhooks.tries` attempts; a failed one is retried after `backoff_s * 2**(n-1)`. Each attempt's
+- `webhooks.tries` attempts; a failed one is retried after `backoff_s * 2**(n-1)` (the lease
+  checks the backoff too, so a sender holding an older list cannot retry early). Each attempt's
   time, HTTP status or error, and duration are stored and shown on the run (`for_run`).
+- At least once, not exactly once: an attempt that timed out after the receiver took the body,
+  or whose process died mid-attempt, is made again, with the same `X-Autobots-Delivery`.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, insert, or_, select, update
+from sqlalchemy import Connection, CursorResult, insert, or_, select, update
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import aliased
 
@@ -39,7 +39,7 @@ class Delivery:
     attempts: list[dict[str, Any]]
 
 
-def add_delivery(db: OrmSession, run_id: str, url: str) -> None:
+def add_delivery(db: OrmSession | Connection, run_id: str, url: str) -> None:
     """In the caller's transaction, after the run's row was inserted (its foreign key)."""
     db.execute(
         insert(WebhookDeliveryRow).values(
@@ -77,13 +77,19 @@ class WebhookRepository(Store):
 
     def lease(self, delivery_id: str, holder: str, now: datetime, until: datetime) -> Delivery | None:
         """Take the next attempt of the delivery for `holder` until `until`; None when another
-        process holds it, or it is no longer pending."""
+        process holds it, it is no longer pending, or its backoff has not passed. The UPDATE
+        checks all three again: the id may come from a list read before another sender made
+        (and recorded) an attempt, and that attempt's backoff must hold all the same."""
         with self._write() as db:
             result = db.execute(
                 update(WebhookDeliveryRow)
                 .where(
                     WebhookDeliveryRow.delivery_id == delivery_id,
                     WebhookDeliveryRow.state == PENDING,
+                    or_(
+                        WebhookDeliveryRow.next_attempt_at.is_(None),
+                        WebhookDeliveryRow.next_attempt_at <= now,
+                    ),
                     or_(WebhookDeliveryRow.lease_until.is_(None), WebhookDeliveryRow.lease_until < now),
                 )
                 .values(claimed_by=holder, lease_until=until)

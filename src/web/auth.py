@@ -18,8 +18,9 @@ import json
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Response, g, request
+from flask import Response, g, has_request_context, request
 
+from .. import logs
 from ..services.errors import Forbidden, Unauthorized
 from ..services.identity import IdentityService, Principal
 from .context import services
@@ -51,8 +52,12 @@ def principal() -> Principal | None:
 
 
 def acting_user(requested: str | None, field: str = "user_id") -> str:
-    """The user this request acts for (see `IdentityService.acting_user`)."""
-    return services().identity.acting_user(principal(), requested, field)
+    """The user this request acts for (see `IdentityService.acting_user`); bound for the
+    request's log lines (`requestlog.py` unbinds it when the request ends)."""
+    user = services().identity.acting_user(principal(), requested, field)
+    if has_request_context() and "log_tokens" in g:
+        g.log_tokens.append((logs.user_id, logs.user_id.set(user[:200])))
+    return user
 
 
 def run_owner(requested: str | None) -> str | None:
