@@ -197,6 +197,49 @@ def load_average() -> str:
     return f"load average {one}, {five}, {fifteen}"
 
 
+class Spy:
+    """`--profile`: py-spy samples the server's worker (the thread holding the GIL) during the
+    workload; the table (overhead.py's components and paths) is scaled to the CPU a run cost."""
+
+    def __init__(self, pid: int, keep: str | None = None, rate: int = 100) -> None:
+        import shutil
+        import subprocess
+
+        spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+        if spy is None:
+            raise SystemExit("--profile needs py-spy (pip install -r requirements-dev.txt)")
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        self._tmp = tempfile.TemporaryDirectory()
+        self._raw = Path(keep) if keep else Path(self._tmp.name) / "raw.txt"
+        cmd = [spy, "record", "--pid", children[0] if children else str(pid), "--gil", "--rate", str(rate)]
+        self._proc = subprocess.Popen(
+            [*cmd, "--full-filenames", "--format", "raw", "-o", str(self._raw)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        time.sleep(1.0)  # attached
+
+    def report(self, cpu_ms: float) -> None:
+        import signal
+
+        from overhead import PATHS, parse_raw
+
+        self._proc.send_signal(signal.SIGINT)
+        self._proc.communicate(timeout=60)
+        with self._tmp:
+            if not self._raw.exists():
+                print("py-spy recorded nothing")
+                return
+            by_component, by_path, total = parse_raw(self._raw)
+        total = max(total, 1)
+        print(f"where the server's CPU went ({total} busy samples; {cpu_ms:.1f} ms of CPU a run, profiled)")
+        for name, count in by_component.most_common():
+            print(f"  {name:<52}{count / total * 100:6.1f}%{count / total * cpu_ms:9.2f}")
+        for name, _ in PATHS:
+            count = by_path.get(name, 0)
+            print(f"  {name:<52}{count / total * 100:6.1f}%{count / total * cpu_ms:9.2f}")
+
+
 # the default mode: one process ------------------------------------------------------------------
 
 
@@ -226,11 +269,14 @@ def measure_default(args: argparse.Namespace, llm: ScriptedLLM, flow: dict[str, 
 
                 meter = CpuMeter({"server": [pid]})
                 meter.start()
+            spy = Spy(pid, args.profile_raw) if args.profile else None
             cpu0 = cpu_seconds(pid)
             t0 = time.perf_counter()
             results = workload([server.url], [server.url], args.runs, flow)
             wall = time.perf_counter() - t0
             server_cpu = cpu_seconds(pid) - cpu0
+            if spy is not None:
+                spy.report(server_cpu / args.runs * 1000)
             if args.distributed:
                 meter.stop()
             stop.set()
@@ -433,6 +479,8 @@ def main() -> None:
         "--worker-concurrency", type=int, default=64, help="threads per worker (--distributed)"
     )
     parser.add_argument("--skip-default", action="store_true", help="with --distributed: only that mode")
+    parser.add_argument("--profile", action="store_true", help="where the server's CPU goes (py-spy)")
+    parser.add_argument("--profile-raw", help="with --profile: keep py-spy's raw stacks in this file")
     args = parser.parse_args()
 
     llm = scripted_llm(args.latency)

@@ -17,6 +17,7 @@ import json
 import re
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -354,13 +355,24 @@ def test_an_api_killed_mid_stream_costs_the_run_nothing(own_cluster, llm, user_i
 def test_an_api_process_that_starts_leaves_live_workers_runs_alone(own_cluster, llm, user_id):
     api = own_cluster.api("api")
     own_cluster.worker("w")
-    llm.responder = lambda body: (
-        Reply("step", delay=0.5) if len(body["messages"]) < 30 else Reply("done TERMINATE")
-    )
+    # The run's first call is answered only once the fresh API process is up and has looked,
+    # however long a loaded machine takes to start it.
+    looked = threading.Event()
+
+    def responder(body: dict[str, Any]) -> Reply:
+        if len(body["messages"]) < 4:
+            looked.wait(120)
+            return Reply("step")
+        return Reply("done TERMINATE")
+
+    llm.responder = responder
     run = start(api, user_id, "long enough", chatty(20))
     wait_status(api, run["run_id"], {"running"})
     fresh = own_cluster.api("fresh")  # today's one-process start would mark the run interrupted
-    assert fresh.get(f"/api/runs/{run['run_id']}").json()["data"]["status"] == "running"
+    try:
+        assert fresh.get(f"/api/runs/{run['run_id']}").json()["data"]["status"] == "running"
+    finally:
+        looked.set()
     assert (
         wait_status(fresh, run["run_id"], {"completed", "interrupted"}, timeout=60)["status"] == "completed"
     )
@@ -377,7 +389,7 @@ def test_a_duplicated_task_message_runs_once(own_cluster, llm, user_id, own_redi
     broker.rpush(queue, queued[0])  # the same message, delivered twice
     own_cluster.worker("w1")
     own_cluster.worker("w2")
-    wait_status(api, run["run_id"], {"completed"})
+    wait_status(api, run["run_id"], {"completed"}, timeout=90)  # a loaded machine's first task is slow
     time.sleep(2)  # the second delivery has been taken by now, and dropped
     assert broker.llen(queue) == 0
     assert served_for(llm, "task-dup") == 1

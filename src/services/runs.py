@@ -259,7 +259,11 @@ class RunManager:
     def feed(self, user_id: str | None, run_id: str) -> EventFeed:
         """A non-blocking view of the run's events for listeners on an event loop (the SSE
         server): a run this process holds from memory, another process's through the event log,
-        a finished one from the database."""
+        a finished one from the database. A run this process holds is known to be stored and
+        whose it is: no read of its row."""
+        live = self._worker.live(run_id)
+        if live is not None and user_id in (None, live.prepared.message.user_id):
+            return LiveFeed(live)
         self._owned(user_id, run_id)
         live = self._worker.live(run_id)
         if live is not None:

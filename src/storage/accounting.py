@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Connection, Select, func, select
 from sqlalchemy.orm import Session as OrmSession
 
 from ..schemas.runs import UNFINISHED
@@ -19,7 +19,7 @@ from .store import Store
 from .tables import LLMCallRow, RunRow, UsageDayRow
 
 
-def live_run_count(db: OrmSession, user_id: str) -> int:
+def live_run_count(db: OrmSession | Connection, user_id: str) -> int:
     """The user's runs queued, running or waiting for input (in the caller's transaction)."""
     query = (
         select(func.count())

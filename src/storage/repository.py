@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, delete, insert, select, text, update
+from sqlalchemy import Connection, CursorResult, Table, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as OrmSession
 
@@ -35,6 +35,8 @@ _MESSAGES = cast("Table", MessageRow.__table__)
 _SESSIONS = cast("Table", SessionRow.__table__)
 _EVENTS = cast("Table", RunEventRow.__table__)
 _CALLS = cast("Table", LLMCallRow.__table__)
+# What `get_run` returns: every column of the run but its heartbeat.
+_RUN_FIELDS = [c for c in _RUNS.c if c.name != "heartbeat_at"]
 
 
 class TooManyLiveRuns(Exception):
@@ -203,9 +205,9 @@ class Repository(Store):
         webhook: str | None = None,
     ) -> None:
         assert message.session_id is not None
-        with self._write() as db:
+        with self._change() as db:
             if max_live:
-                if db.get_bind().dialect.name == "postgresql":  # one of the user's starts at a time
+                if db.dialect.name == "postgresql":  # one of the user's starts at a time
                     db.execute(text("SELECT pg_advisory_xact_lock(hashtext(:u))"), {"u": message.user_id})
                 if live_run_count(db, message.user_id) >= max_live:
                     raise TooManyLiveRuns(max_live)
@@ -262,7 +264,7 @@ class Repository(Store):
         )
         if reply is not None:
             query = query.values(assistant_msg_id=reply.msg_id)
-        with self._write() as db:
+        with self._change() as db:
             # One conditional UPDATE decides (no read first): of two enders, one matches.
             if not _count(db.execute(query)):
                 return False
@@ -289,7 +291,7 @@ class Repository(Store):
         Rows of runs that no longer exist (their session was deleted mid-run) are dropped, so one
         deleted run never costs the other runs of the batch their rows."""
         now = datetime.now(UTC)
-        with self._write() as db:
+        with self._change() as db:
             wanted = {r for r, *_ in events} | {r for r, *_ in calls}
             alive = (
                 set(db.scalars(select(RunRow.run_id).where(RunRow.run_id.in_(wanted)))) if wanted else set()
@@ -351,8 +353,8 @@ class Repository(Store):
             ]
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
-        with self._tx() as db:
-            run = db.get(RunRow, run_id)
+        with self._read() as db:
+            run = db.execute(select(*_RUN_FIELDS).where(_RUNS.c.run_id == run_id)).first()
             if run is None:
                 return None
             return {
@@ -390,7 +392,7 @@ def _newest_messages(user_id: str, session_id: str, n: int, before: int | None =
     return query.order_by(MessageRow.id.desc()).limit(n)
 
 
-def _ensure_session(db: OrmSession, user_id: str, session: Session) -> None:
+def _ensure_session(db: OrmSession | Connection, user_id: str, session: Session) -> None:
     """Add the session unless its owner has it already (ids are per user)."""
     found = db.scalar(
         select(SessionRow.id).where(
@@ -401,7 +403,7 @@ def _ensure_session(db: OrmSession, user_id: str, session: Session) -> None:
         db.execute(insert(_SESSIONS).values(**_session_values(session)))
 
 
-def _add_message(db: OrmSession, message: Message, check_taken: bool = True) -> None:
+def _add_message(db: OrmSession | Connection, message: Message, check_taken: bool = True) -> None:
     """A plain INSERT (no ORM unit of work). `check_taken=False` where the caller turns the
     unique constraint's IntegrityError into a Conflict itself, or the id is freshly made."""
     if message.session_id is None:

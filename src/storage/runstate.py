@@ -31,27 +31,25 @@ def _count(result: Any) -> int:
 class RunStateRepository(Store):
     def claim(self, run_id: str, worker_id: str) -> bool:
         """queued -> running for this worker; False if anyone (or anything) got there first."""
-        with self._write() as db:
-            query = (
-                update(RunRow)
-                .where(RunRow.run_id == run_id, RunRow.status == RunStatus.QUEUED)
-                .values(status=RunStatus.RUNNING, worker_id=worker_id, heartbeat_at=datetime.now(UTC))
-            )
+        query = (
+            update(RunRow)
+            .where(RunRow.run_id == run_id, RunRow.status == RunStatus.QUEUED)
+            .values(status=RunStatus.RUNNING, worker_id=worker_id, heartbeat_at=datetime.now(UTC))
+        )
+        with self._change() as db:
             return _count(db.execute(query)) == 1
 
     def heartbeat(self, worker_id: str, run_ids: Collection[str]) -> set[str]:
         """The worker still holds these runs; returns those still live and still its own."""
         if not run_ids:
             return set()
-        with self._write() as db:
-            query = (
-                update(RunRow)
-                .where(
-                    RunRow.run_id.in_(list(run_ids)), RunRow.worker_id == worker_id, RunRow.status.in_(HELD)
-                )
-                .values(heartbeat_at=datetime.now(UTC))
-                .returning(RunRow.run_id)
-            )
+        query = (
+            update(RunRow)
+            .where(RunRow.run_id.in_(list(run_ids)), RunRow.worker_id == worker_id, RunRow.status.in_(HELD))
+            .values(heartbeat_at=datetime.now(UTC))
+            .returning(RunRow.run_id)
+        )
+        with self._change() as db:
             return set(db.scalars(query))
 
     def stale(self, older_than: datetime, limit: int = 100) -> list[str]:
