@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import delete, select
 
 from ..schemas.chat import (
     GALLERY_PREVIEW_MESSAGES,
@@ -24,6 +24,7 @@ from ..schemas.chat import (
     publisher_name,
 )
 from ..schemas.pagination import Page
+from .keyset import newest_first
 from .repository import message_from_row
 from .store import Store
 from .tables import GalleryRow, GalleryTagRow, MessageRow, UserRow
@@ -80,15 +81,7 @@ class GalleryRepository(Store):
                 query = query.join(GalleryTagRow, GalleryTagRow.gallery_id == GalleryRow.gallery_id).where(
                     GalleryTagRow.tag == tag
                 )
-            if before is not None:
-                at, row_id = before
-                query = query.where(
-                    or_(
-                        GalleryRow.created_at < at,
-                        and_(GalleryRow.created_at == at, GalleryRow.id < row_id),
-                    )
-                )
-            query = query.order_by(GalleryRow.created_at.desc(), GalleryRow.id.desc()).limit(limit + 1)
+            query = newest_first(query, GalleryRow.created_at, GalleryRow.id, before).limit(limit + 1)
             rows = list(db.scalars(query))
             more, rows = len(rows) > limit, rows[:limit]
             last = rows[-1] if more else None

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, and_, or_, select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session as OrmSession
 
 from ..schemas.pagination import Page
+from .keyset import newest_first
 from .store import Store
 from .tables import ApiKeyRow, ScheduleRow
 from .workflows import micros
@@ -71,15 +72,7 @@ class ScheduleRepository(Store):
         """The user's schedules, newest first (then by id); `after` is the (created_at,
         schedule_id) of the last row of the page before."""
         query = select(ScheduleRow).where(ScheduleRow.user_id == user_id)
-        if after is not None:
-            moment, last_id = after
-            query = query.where(
-                or_(
-                    ScheduleRow.created_at < moment,
-                    and_(ScheduleRow.created_at == moment, ScheduleRow.schedule_id < last_id),
-                )
-            )
-        query = query.order_by(ScheduleRow.created_at.desc(), ScheduleRow.schedule_id.desc())
+        query = newest_first(query, ScheduleRow.created_at, ScheduleRow.schedule_id, after)
         with self._tx() as db:
             rows = list(db.scalars(query.limit(limit + 1)))
         more, rows = len(rows) > limit, rows[:limit]

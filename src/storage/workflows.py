@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import and_, delete, select
 from sqlalchemy.exc import IntegrityError
 
 from ..schemas.pagination import Page
+from .keyset import newest_first
 from .store import Store
 from .tables import WorkflowRow, WorkflowVersionRow
 
@@ -134,15 +135,7 @@ class WorkflowRepository(Store):
                 )
                 .where(WorkflowRow.user_id == user_id)
             )
-            if after is not None:
-                moment, last_id = after
-                query = query.where(
-                    or_(
-                        WorkflowRow.updated_at < moment,
-                        and_(WorkflowRow.updated_at == moment, WorkflowRow.workflow_id < last_id),
-                    )
-                )
-            query = query.order_by(WorkflowRow.updated_at.desc(), WorkflowRow.workflow_id.desc())
+            query = newest_first(query, WorkflowRow.updated_at, WorkflowRow.workflow_id, after)
             rows = list(db.execute(query.limit(limit + 1)).tuples())
             more, rows = len(rows) > limit, rows[:limit]
             key = (micros(rows[-1][0].updated_at), rows[-1][0].workflow_id) if more else None
