@@ -70,6 +70,7 @@ class RunWorker:
         self._live: dict[str, LiveRun] = {}
         self._deadlines = Deadlines()  # every run's wall-time cap, on one thread
         self._lock = threading.Lock()
+        self._starting = 0  # runs between their claim and being held in `_live`
         self.closing = False
 
     def hold(self, prepared: PreparedRun, interactive: bool) -> LiveRun:
@@ -89,13 +90,14 @@ class RunWorker:
             return self._live.get(run_id)
 
     def held(self) -> int:
+        """Runs this process holds, the ones it is claiming included."""
         with self._lock:
-            return len(self._live)
+            return len(self._live) + self._starting
 
     def interrupt_all(self) -> None:
         """This process is stopping: every run it holds ends now as interrupted."""
-        self.closing = True
-        with self._lock:
+        with self._lock:  # with the lock: a run being claimed now sees `closing` once it is held
+            self.closing = True
             lives = list(self._live.values())
         for live in lives:
             try:
@@ -128,17 +130,28 @@ class RunWorker:
         live = self.live(run_id)
         if live is not None and live.concluded:
             return
-        if self.closing or not self._state.claim(run_id, self._b.worker_id):
-            log.info("run %s is not queued any more (claimed, cancelled or deleted): dropped", run_id)
-            return
-        if live is None:  # queued by another process
-            live = self._adopt(run_id, payload)
-            if live is None:
+        with self._lock:
+            if self.closing:
+                log.info("run %s not taken: this process is stopping", run_id)
                 return
+            self._starting += 1  # counted as held from here: a graceful stop waits for it too
+        try:
+            if not self._state.claim(run_id, self._b.worker_id):
+                log.info("run %s is not queued any more (claimed, cancelled or deleted): dropped", run_id)
+                return
+            if live is None:  # queued by another process
+                live = self._adopt(run_id, payload)
+                if live is None:
+                    return
+        finally:
+            with self._lock:
+                self._starting -= 1
         self._b.liveness.hold(run_id)
         try:
             if self._b.stops.requested(run_id):  # cancelled just before this process held it
                 self.on_stop(run_id)
+            if self.closing:  # the stop's interrupt_all may have looked before this run was held
+                self._interrupt(live)
             with logs.bound(logs.run_id, run_id), logs.bound(logs.user_id, live.prepared.message.user_id):
                 self._work(live)  # every line the run's thread writes names the run
         finally:

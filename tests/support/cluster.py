@@ -55,8 +55,20 @@ class Worker:
             try:
                 return self.process.wait(timeout)
             except subprocess.TimeoutExpired:
+                self._dump_threads()
                 self.kill()
         return self.process.returncode
+
+    def _dump_threads(self) -> None:
+        """A worker that did not stop: its threads' stacks go into its log (printed by the test
+        that failed), so a hang can be read rather than guessed at."""
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            dump = subprocess.run(
+                [spy, "dump", "--pid", str(self.process.pid)], capture_output=True, timeout=20
+            )
+            with self.log_path.open("ab") as log:
+                log.write(b"\n== py-spy dump of the worker that did not stop\n" + dump.stdout + dump.stderr)
 
     def kill(self) -> None:
         """SIGKILL: the machine is gone, no goodbye."""
