@@ -80,6 +80,11 @@ HELD_OUT = [
     Question("How many integers from 1 to 10000 are divisible by 7 but not by 11?", "1299"),
     Question("How many days are there from 1999-12-25 to 2023-07-04?", "8592"),
     Question("What is the sum of the decimal digits of 3**200?", "468"),
+    # Added later, after the four above had been measured, with no prompt change since.
+    Question("What is the sum of all prime numbers below 500?", "21536"),
+    Question("How many decimal digits does 3**500 have?", "239"),
+    Question("How many days are there from 1970-01-01 to 2000-01-01?", "10957"),
+    Question("What is the 500th prime number?", "3571"),
 ]
 
 # Each other shipped example, with a request its description fits.

@@ -10,7 +10,11 @@ RUN apt-get update \
 WORKDIR /app
 COPY requirements.txt pyproject.toml README.md ./
 COPY src ./src
-RUN pip install --no-cache-dir -r requirements.txt
+# llama.cpp without its AMX kernels: they crash (SIGSEGV) on the first token on CPUs that report
+# AMX in VMs (see scripts/install-python.sh); the rest of -march=native stays.
+RUN flags=""; if [ "$(uname -m)" = x86_64 ]; then flags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"; fi; \
+    CMAKE_ARGS="-DCMAKE_C_FLAGS='$flags' -DCMAKE_CXX_FLAGS='$flags'" \
+    pip install --no-cache-dir -r requirements.txt
 
 # The embedded model's weights are assembled here on first use; keep them on a volume.
 ENV AUTOBOTS_EMBEDDED__CACHE_DIR=/var/lib/autobots/models \

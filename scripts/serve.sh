@@ -3,9 +3,7 @@
 # http://127.0.0.1:8081 unless --host/--port say otherwise). Arguments go to `autobots serve`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python3.11}"
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 # Progress is shown: the first install compiles llama.cpp (about 5-6 minutes on 2 cores).
 echo "== installing the server's requirements into .venv (the first time takes minutes)"
-.venv/bin/python -m pip install --disable-pip-version-check -r requirements.txt
+scripts/install-python.sh requirements.txt
 exec .venv/bin/python -m autobots serve "$@"

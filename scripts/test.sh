@@ -5,7 +5,6 @@
 # ruff, mypy and pytest. CI runs exactly this (.ci/run). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python3.11}"
 
 apt_packages=(docker.io bubblewrap debootstrap chromium chromium-driver)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -19,8 +18,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 fi
 
 echo "== python requirements"
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+scripts/install-python.sh requirements-dev.txt --quiet
 
 if [ "$(id -u)" = 0 ] && command -v dockerd >/dev/null; then
     echo "== docker engine and sandbox image"
