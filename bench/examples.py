@@ -9,9 +9,10 @@ answers (sums, primes, digit counts, dates) through `POST /api/messages`, with t
 - code really ran: the run's stored events hold a `code_execution_result` with exit code 0.
 
 It prints a table and the figure "N of M right with code that ran" (the issue's goal: at least
-7 of 8 on a held-out set), for the questions the example was tuned on and, separately, for
-questions held out from tuning (`HELD_OUT`). It is a benchmark, not a test: a small model's answers vary with the
-machine's load, and nothing here fails a build.
+7 of 8 on a held-out set) for each set: the questions the example was tuned on (`QUESTIONS`),
+ones held out but since seen (`SEEN`), and ones never seen before their one measurement
+(`HELD_OUT`). It is a benchmark, not a test: a small model's answers vary with the machine's
+load, and nothing here fails a build.
 
 The code runs where the example asks (Docker); on a server without an engine the local
 bubblewrap sandbox stands in (`code_execution.fallback_to_local`), as it would for a user.
@@ -19,7 +20,7 @@ bubblewrap sandbox stands in (`code_execution.fallback_to_local`), as it would f
 `--tour` runs every other shipped example once on a question that fits its description and
 prints what each did (who spoke, LLM calls, time, the answer's start), to be read by a person.
 
-    python bench/examples.py [--only 3] [--set tuned|held-out|both] [--flow path/to/coder.json]
+    python bench/examples.py [--only 3] [--set tuned|seen|held-out|all] [--flow path/to/coder.json]
                              [--show-wrong] [--tour]
 """
 
@@ -73,18 +74,30 @@ QUESTIONS = [
     Question("How many months in the years 1901 to 2000 began on a Sunday?", "171"),
 ]
 
-# Held out: written after the example's prompt was tuned on QUESTIONS, never used to tune it, so
-# their figure is printed on its own (a prompt fitted to QUESTIONS would show here).
-HELD_OUT = [
+# Seen: held out from the prompt's tuning, but measured, and their misses read, before the
+# last-value display (`execution/codeprep.py`) was added; so no longer a clean held-out set.
+SEEN = [
     Question("What is the sum of the cubes of the integers from 1 to 50?", "1625625"),
     Question("How many integers from 1 to 10000 are divisible by 7 but not by 11?", "1299"),
     Question("How many days are there from 1999-12-25 to 2023-07-04?", "8592"),
     Question("What is the sum of the decimal digits of 3**200?", "468"),
-    # Added later, after the four above had been measured, with no prompt change since.
     Question("What is the sum of all prime numbers below 500?", "21536"),
     Question("How many decimal digits does 3**500 have?", "239"),
     Question("How many days are there from 1970-01-01 to 2000-01-01?", "10957"),
     Question("What is the 500th prime number?", "3571"),
+]
+
+# Held out: written after every change to the example and the sandbox, and measured once, so
+# nothing was fitted to them (a prompt fitted to the other sets would show here).
+HELD_OUT = [
+    Question("What is the sum of the squares of the odd integers from 1 to 99?", "166650"),
+    Question("How many prime numbers are there between 1000 and 2000?", "135"),
+    Question("How many decimal digits does 7**100 have?", "85"),
+    Question("What is the sum of the decimal digits of 50! (50 factorial)?", "216"),
+    Question("How many days are there from 1980-05-17 to 2010-11-03?", "11127"),
+    Question("On which day of the week was 1 January 2000?", "Saturday"),
+    Question("What is the sum of the even Fibonacci numbers below 1000000?", "1089154"),
+    Question("What is the 250th prime number?", "1583"),
 ]
 
 # Each other shipped example, with a request its description fits.
@@ -221,15 +234,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--tour-only", nargs="*", help="run only these examples of the tour (file names)")
     parser.add_argument(
-        "--set", choices=("tuned", "held-out", "both"), default="both", help="which questions to ask"
+        "--set",
+        choices=("tuned", "seen", "held-out", "all"),
+        default="all",
+        help="which questions to ask",
     )
     args = parser.parse_args(argv)
     flow = json.loads(args.flow.read_text())
-    sets = {"tuned": QUESTIONS, "held-out": HELD_OUT}
+    sets = {"tuned": QUESTIONS, "seen": SEEN, "held-out": HELD_OUT}
     chosen = [
-        (name, qs[: args.only] if args.only else qs)
-        for name, qs in sets.items()
-        if args.set in (name, "both")
+        (name, qs[: args.only] if args.only else qs) for name, qs in sets.items() if args.set in (name, "all")
     ]
     with tempfile.TemporaryDirectory(prefix="autobots-bench-examples-") as name:
         started = time.monotonic()

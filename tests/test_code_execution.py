@@ -628,12 +628,38 @@ def test_an_expected_output_block_next_to_the_code_is_not_run(exec_server, llm, 
 
 
 def test_code_that_printed_nothing_is_said_so_and_followed_up(exec_server, llm, user_id):
-    """An expression whose value is never printed succeeds with no output: the report says so,
-    and the chat does not end on the reply to it (the default reply asks for printed code)."""
-    llm.queue(code("sum(range(4))"), "It is probably 7.", code("print(sum(range(4)))"), "It is 6.")
+    """Code whose result is never printed succeeds with no output: the report says so, and the
+    chat does not end on the reply to it (the default reply asks for printed code)."""
+    llm.queue(code("total = sum(range(4))"), "It is probably 7.", code("print(sum(range(4)))"), "It is 6.")
     flow = coder_with_reply("local", "Print the result.")
     r = exec_server.post("/api/messages", {"message": wf.message(user_id, "0+1+2+3"), "flow_config": flow})
     assert r.status_code == 200, r.text
     out = outputs(r)
     assert "the code printed nothing" in out[0] and "6" in out[1]
     assert llm.counted()["calls"] == 4 and r.json()["message"] == "It is 6."
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_a_bare_last_expression_shows_its_value_as_a_notebook_does(exec_server, llm, user_id, executor):
+    """Small models end a block with `sum(...)` instead of printing it: its value is shown, as a
+    notebook shows it, so the model reads the real value rather than guessing one. Line numbers
+    in a traceback are the code's own; a file the model named is run exactly as written."""
+    r = run_code(
+        exec_server,
+        llm,
+        user_id,
+        "n = 21\nn * 2  # the answer",
+        "print('shown once')",
+        "x = 1\nraise SystemExit(f'line {__import__(\"sys\")._getframe().f_lineno}')\nx",
+        "# filename: calc.py\nn = 5\nn + 1",
+        executor=executor,
+    )
+    assert r.status_code == 200, r.text
+    out = outputs(r)
+    assert out[0].startswith("exitcode: 0") and "42" in out[0], out[0]
+    assert out[1].count("shown once") == 1 and "None" not in out[1], out[1]
+    assert "line 2" in out[2], out[2]
+    assert "6" not in out[3] and "the code printed nothing" in out[3], out[3]
+    sid = r.json()["metadata"]["session_id"]
+    got = exec_server.get(f"/api/sessions/{sid}/files/calc.py", user_id=user_id)
+    assert got.status_code == 200 and got.content == b"# filename: calc.py\nn = 5\nn + 1", got.content

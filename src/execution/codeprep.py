@@ -12,6 +12,7 @@ arguments (Docker exec, where argv is only visible inside the container). Tempor
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import re
 from dataclasses import dataclass
@@ -84,6 +85,50 @@ def _filename_from_comment(code: str) -> str | None:
     return None
 
 
+# The name a bare last expression's value is kept in while it is shown (see show_last_value).
+LAST_VALUE = "_autobots_last_value"
+
+
+def show_last_value(code: str) -> str:
+    """Python code whose last statement is a bare expression, rewritten to print its value
+    (its repr) unless it is None, as a notebook or the REPL shows it.
+
+    Small models often end a block with `sum(...)` instead of `print(sum(...))`; run as a
+    script that prints nothing, and the model then guesses the value it never saw. Only the
+    expression's own text is wrapped, in place, so every line keeps its number in a traceback.
+    The code is parsed (never run) here; code that does not parse is left as it is for Python
+    to report. A call to print() (its value is None) prints as it would anyway.
+    """
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return code
+    if not tree.body or not isinstance(tree.body[-1], ast.Expr):
+        return code
+    last = tree.body[-1]
+    if last.end_lineno is None or last.end_col_offset is None:
+        return code
+    value = last.value
+    if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "print":
+        return code
+    # ast's offsets count UTF-8 bytes within a line.
+    raw = code.encode("utf-8")
+    lines = raw.split(b"\n")
+    start = sum(len(line) + 1 for line in lines[: last.lineno - 1]) + last.col_offset
+    stop = sum(len(line) + 1 for line in lines[: last.end_lineno - 1]) + last.end_col_offset
+    # What follows on the expression's last line (a comment, a ';') stays on that line.
+    rest, _, later = raw[stop:].partition(b"\n")
+    name = LAST_VALUE.encode()
+    shown = b"%s = (%s)%s\nif %s is not None:\n    print(repr(%s))\n" % (
+        name,
+        raw[start:stop],
+        rest,
+        name,
+        name,
+    )
+    return (raw[:start] + shown + later).decode("utf-8")
+
+
 def prepare_block(
     language: str,
     code: str,
@@ -113,6 +158,8 @@ def prepare_block(
         except ValueError:
             return PreparedBlock(lang, None, None, "Filename is not in the workspace\n")
     else:
+        if interpreter == "python3":  # a file the model named is the user's: left as written
+            code = show_last_value(code)
         digest = hashlib.md5(code.encode("utf-8"), usedforsecurity=False).hexdigest()
         code_path = f"{tmp_dir}/tmp_code_{digest}.{suffix}"
 
