@@ -627,6 +627,39 @@ def test_phone_width_has_no_horizontal_scroll(
     assert not chat.errors, chat.errors
 
 
+def test_a_sidebar_opened_while_the_chats_load_stays_open(
+    browser: Any, server: RunningServer, llm: ScriptedLLM, user_id: str
+) -> None:
+    """On a phone, someone who opens the sidebar before their chats have arrived (a slow
+    connection) keeps it open when they arrive; the page's first view used to close it."""
+    llm.responder = lambda _body: "Hi. TERMINATE"
+    session_id = api_session_with_answer(server, user_id, wf.autonomous(wf.assistant()), "hi", "Slow list")
+    chat = new_chat_page(browser, server, user_id, viewport=PHONE)
+    page = chat.page
+    arrived: list[bool] = []
+
+    def slow_sessions(route: Any) -> None:
+        response = route.fetch()  # the server's real answer, handed over 1.5 s late
+        page.wait_for_timeout(1500)
+        route.fulfill(response=response)
+        arrived.append(True)
+
+    page.route(re.compile(r".*/api/sessions(\?.*)?$"), slow_sessions)
+    try:
+        chat.open()
+        page.locator("#open-sidebar").click()
+        link = page.locator(f".session-item[data-session-id='{session_id}'] .session-link")
+        link.wait_for(state="visible")
+        page.wait_for_timeout(500)  # the first view, shown once the chats arrived
+        assert arrived and page.locator("#sidebar").is_visible() and link.is_visible()
+        link.click()
+        chat.wait_for_answer()
+        assert not page.locator("#sidebar").is_visible()  # navigating still closes it
+    finally:
+        page.context.close()
+    assert not chat.errors, chat.errors
+
+
 def test_laptop_and_phone_screenshots(
     browser: Any, server: RunningServer, llm: ScriptedLLM, user_id: str, tmp_path: Any
 ) -> None:

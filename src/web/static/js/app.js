@@ -169,11 +169,14 @@ async function deleteSession(session) {
 // views -------------------------------------------------------------------------------------
 
 function showView(name) {
+  // Navigating closes the sidebar on a narrow screen; the first view does not: the person may
+  // have opened the sidebar while the page was still loading their chats.
+  const navigating = state.view !== null;
   state.view = name;
   el.viewChat.hidden = name !== "chat";
   el.viewGallery.hidden = name !== "gallery";
   el.viewPublished.hidden = name !== "published";
-  closeSidebar();
+  if (navigating) closeSidebar();
   renderSidebar();
 }
 
