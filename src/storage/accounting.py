@@ -11,22 +11,24 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Select, func, select
+from sqlalchemy import Connection, Select, bindparam, func, select
 from sqlalchemy.orm import Session as OrmSession
 
 from ..schemas.runs import UNFINISHED
 from .store import Store
 from .tables import LLMCallRow, RunRow, UsageDayRow
 
+# Built once: every run's start counts (see repository.py's run-path statements).
+_LIVE_RUNS = (
+    select(func.count())
+    .select_from(RunRow)
+    .where(RunRow.user_id == bindparam("b_user"), RunRow.status.in_(UNFINISHED))
+)
+
 
 def live_run_count(db: OrmSession | Connection, user_id: str) -> int:
     """The user's runs queued, running or waiting for input (in the caller's transaction)."""
-    query = (
-        select(func.count())
-        .select_from(RunRow)
-        .where(RunRow.user_id == user_id, RunRow.status.in_(UNFINISHED))
-    )
-    return int(db.scalar(query) or 0)
+    return int(db.scalar(_LIVE_RUNS, {"b_user": user_id}) or 0)
 
 
 def keep_usage(db: OrmSession, user_id: str, run_ids: Select[Any]) -> None:

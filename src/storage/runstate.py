@@ -15,13 +15,16 @@ from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, select, update
+from sqlalchemy import CursorResult, Table, bindparam, delete, select, update
 
 from ..schemas.runs import UNFINISHED, RunStatus
 from .store import Store
 from .tables import RunRow, SessionFileRow
 
 HELD = (RunStatus.RUNNING, RunStatus.AWAITING_INPUT)
+_RUNS = cast("Table", RunRow.__table__)
+# Built once (see repository.py's run-path statements): every run is claimed.
+_CLAIM = update(_RUNS).where(_RUNS.c.run_id == bindparam("b_run"), _RUNS.c.status == RunStatus.QUEUED)
 
 
 def _count(result: Any) -> int:
@@ -31,13 +34,14 @@ def _count(result: Any) -> int:
 class RunStateRepository(Store):
     def claim(self, run_id: str, worker_id: str) -> bool:
         """queued -> running for this worker; False if anyone (or anything) got there first."""
-        query = (
-            update(RunRow)
-            .where(RunRow.run_id == run_id, RunRow.status == RunStatus.QUEUED)
-            .values(status=RunStatus.RUNNING, worker_id=worker_id, heartbeat_at=datetime.now(UTC))
-        )
+        params = {
+            "b_run": run_id,
+            "status": RunStatus.RUNNING,
+            "worker_id": worker_id,
+            "heartbeat_at": datetime.now(UTC),
+        }
         with self._change() as db:
-            return _count(db.execute(query)) == 1
+            return _count(db.execute(_CLAIM, params)) == 1
 
     def heartbeat(self, worker_id: str, run_ids: Collection[str]) -> set[str]:
         """The worker still holds these runs; returns those still live and still its own."""
