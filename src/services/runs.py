@@ -262,10 +262,9 @@ class RunManager:
         a finished one from the database. A run this process holds is known to be stored and
         whose it is: no read of its row."""
         live = self._worker.live(run_id)
-        if live is not None and user_id in (None, live.prepared.message.user_id):
-            return LiveFeed(live)
-        self._owned(user_id, run_id)
-        live = self._worker.live(run_id)
+        if live is None or user_id not in (None, live.prepared.message.user_id):
+            self._owned(user_id, run_id)
+            live = self._worker.live(run_id)  # held here since the first look, perhaps
         if live is not None:
             return LiveFeed(live)
         return self._b.events.feed(run_id) or StoredFeed(self._repo, run_id)
