@@ -1,17 +1,20 @@
 """The run path's shortcuts keep what users get: the registered model client sends the endpoint
 the request AutoGen's own client would and reads the same answer; the event writer's flush,
 run from any thread, leaves every row put before it stored, in order; ending a run twice
-stores one answer. (Their speed is bench/overhead.py's to show.)"""
+stores one answer; each thread's LLM calls go through a connection pool of its own. (Their speed is bench/overhead.py's to show.)"""
 
 from __future__ import annotations
 
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import openai
 from autogen.oai.client import OpenAIClient
 
 from autobots.llm.endpoints import shared_http_client
 from autobots.llm.model_client import Endpoint, ServerModelClient, client_entry
+from autobots.llm.transport import PerThreadTransport
 from autobots.schemas.chat import Message, Session
 from autobots.services.event_writer import EventWriter
 from autobots.storage.database import create_db_engine, make_session_factory, migrate
@@ -105,3 +108,54 @@ def test_ending_a_run_twice_stores_one_answer(tmp_path, user_id):
     run = repo.get_run("r")
     assert run is not None and run["status"] == "completed" and run["assistant_msg_id"] == first.msg_id
     assert [m.content for m in repo.load_messages(user_id, "s")] == ["q", "first"]
+
+
+def test_each_thread_keeps_its_own_connection_and_a_gone_thread_s_is_closed():
+    """Per-thread pools (llm/transport.py): every call is answered, a thread reuses its one
+    connection call after call, and pools of threads that ended are closed."""
+    peers: list[tuple[str, int]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as an LLM endpoint
+
+        def log_message(self, *_args: object) -> None:
+            return None
+
+        def do_GET(self) -> None:
+            peers.append(self.client_address)
+            body = b'{"ok": true}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    tls = httpx.create_ssl_context()
+    transport = PerThreadTransport(tls)
+    client = httpx.Client(transport=transport, verify=tls)
+    url = f"http://127.0.0.1:{server.server_port}/"
+    answers: list[bool] = []
+
+    def calls() -> None:
+        for _ in range(5):
+            answers.append(client.get(url).json()["ok"])
+
+    try:
+        threads = [threading.Thread(target=calls) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert answers == [True] * 20
+        assert len(set(peers)) == 4  # one connection per thread, reused for its 5 calls
+        assert transport.pools() == 4
+        late = threading.Thread(target=calls)  # the next new thread closes the ended ones' pools
+        late.start()
+        late.join()
+        assert transport.pools() == 1 and len(set(peers)) == 5
+    finally:
+        client.close()
+        server.shutdown()
+    assert transport.pools() == 0

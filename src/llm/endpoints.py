@@ -36,6 +36,7 @@ from ..settings import Settings
 from . import budget, embedded
 from .model_client import cache_sdk_signatures, client_entry
 from .pricing import Price, config_price
+from .transport import PerThreadTransport
 
 cache_sdk_signatures()  # once per process: AutoGen asks for OpenAI's signature per config key
 
@@ -59,8 +60,9 @@ def shared_http_client(local: bool = False) -> httpx.Client:
 
     Building an OpenAI client loads the system's CA certificates (about 70 ms); agents are built
     fresh for every request, so without sharing that cost would dominate short runs. Sharing also
-    pools connections to the LLM endpoint. The client keeps no cookies: one user's endpoint must
-    not be able to set state that another user's requests carry. It never follows a redirect: the
+    keeps connections to the LLM endpoint alive, in a pool per thread (`transport.py`). The
+    client keeps no cookies: one user's endpoint must not be able to set state that another
+    user's requests carry. It never follows a redirect: the
     allowed endpoint is the one called. Its event hooks hold every request to its call's time
     budget (`budget.py`). The local model's client ignores proxy settings: httpx would send even
     127.0.0.1 through `HTTP_PROXY`.
@@ -68,8 +70,10 @@ def shared_http_client(local: bool = False) -> httpx.Client:
     with _client_lock:
         client = _clients.get(local)
         if client is None:
+            tls = httpx.create_ssl_context(trust_env=not local)
             client = _clients[local] = _SharedHTTPClient(
-                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+                verify=tls,
+                transport=PerThreadTransport(tls, trust_env=not local),
                 cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
                 follow_redirects=False,
                 trust_env=not local,
