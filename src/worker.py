@@ -10,6 +10,7 @@ worker died. On SIGTERM (Celery's warm shutdown) it takes no new runs, lets its 
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -30,6 +31,7 @@ def run_worker(settings: Settings, concurrency: int, metrics_at: tuple[str, int]
     from celery import signals
 
     core = build_services(settings, recover=True)
+    gc.freeze()  # what the start built lives as long as the process: out of the GC's walks
     # Celery configures logging itself unless a receiver of setup_logging does: ours is done.
     signals.setup_logging.connect(lambda **_: None, weak=False)
     _serve_metrics(core, metrics_at)

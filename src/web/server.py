@@ -12,6 +12,7 @@ Each server has no gunicorn control socket: every gunicorn of a machine would sh
 from __future__ import annotations
 
 import contextlib
+import gc
 import resource
 import threading
 from typing import Any
@@ -69,7 +70,12 @@ class GunicornServer(BaseApplication):
         from .asgi import Front
 
         _raise_open_files_limit()
-        return Front(create_app(self._settings), self._settings)
+        front = Front(create_app(self._settings), self._settings)
+        # What the start built (the app, AutoGen's and the SDK's modules, pydantic's schemas)
+        # lives as long as the process: frozen, the cyclic GC stops walking it at every full
+        # collection (about 10% of a run's CPU with 100 runs in flight, bench/concurrency.py).
+        gc.freeze()
+        return front
 
 
 class StoppingASGIWorker(ASGIWorker):
