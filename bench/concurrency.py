@@ -211,7 +211,10 @@ class Spy:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         self._tmp = tempfile.TemporaryDirectory()
         self._raw = Path(keep) if keep else Path(self._tmp.name) / "raw.txt"
-        cmd = [spy, "record", "--pid", children[0] if children else str(pid), "--gil", "--rate", str(rate)]
+        # --nonblocking: py-spy reads the stacks without pausing the server (a paused server
+        # under 100 runs slowed to a third of its pace, and the profile was of another workload).
+        cmd = [spy, "record", "--pid", children[0] if children else str(pid), "--gil", "--nonblocking"]
+        cmd += ["--rate", str(rate)]
         self._proc = subprocess.Popen(
             [*cmd, "--full-filenames", "--format", "raw", "-o", str(self._raw)],
             stdout=subprocess.DEVNULL,

@@ -348,6 +348,8 @@ def parse_raw(path: Path) -> tuple[Counter[str], Counter[str], int]:
         if not count_text.isdigit():
             continue
         count = int(count_text)
+        if not stack.strip():  # --nonblocking: a sample taken as no thread held the GIL
+            continue
         frames, leaf = [], None
         for text in stack.split(";"):
             leaf = _FRAME.match(text)

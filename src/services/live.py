@@ -57,10 +57,23 @@ class LiveFeed(EventFeed):
         self._live = live
 
     def take(self, after: int) -> tuple[list[Event], bool]:
-        live = self._live
-        with live.changed:  # ids rise by one from the run's first event in this process
-            first = live.events[0][0] if live.events else live.seq + 1
-            return live.events[max(0, after + 1 - first) :], live.concluded
+        with self._live.changed:
+            return self._slice(after)
+
+    def take_now(self, after: int) -> tuple[list[Event], bool] | None:
+        # The run's thread holds the lock only briefly, except while a flush it started stores
+        # its events: then the caller waits in a thread, not here.
+        if not self._live.changed.acquire(blocking=False):
+            return None
+        try:
+            return self._slice(after)
+        finally:
+            self._live.changed.release()
+
+    def _slice(self, after: int) -> tuple[list[Event], bool]:
+        live = self._live  # ids rise by one from the run's first event in this process
+        first = live.events[0][0] if live.events else live.seq + 1
+        return live.events[max(0, after + 1 - first) :], live.concluded
 
     def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
         live = self._live

@@ -112,9 +112,18 @@ class Front:
     async def _pump(self, feed: EventFeed, after: int, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
+        # One wake-up scheduled at a time: a run's burst of events costs the loop one callback
+        # (and one write to its self-pipe), not one per event.
+        scheduled = [False]
 
-        def wake_up() -> None:  # called from the run's thread
-            loop.call_soon_threadsafe(wake.set)
+        def on_loop() -> None:  # cleared before set, so no event is ever missed
+            scheduled[0] = False
+            wake.set()
+
+        def wake_up() -> None:  # called from the run's thread, its events already appended
+            if not scheduled[0]:
+                scheduled[0] = True
+                loop.call_soon_threadsafe(on_loop)
 
         # In a thread: subscribing may ask Redis where the stream ends (never block the loop).
         unsubscribe = await loop.run_in_executor(self._calls, feed.subscribe, wake_up)
@@ -123,10 +132,16 @@ class Front:
             await send({"type": "http.response.body", "body": sse.RETRY, "more_body": True})
             while True:
                 wake.clear()
-                events, ended = await loop.run_in_executor(self._calls, feed.take, after)
-                for event in events:
-                    await send({"type": "http.response.body", "body": sse.encode(*event), "more_body": True})
-                    after = event[0]
+                # A live run's events are read here at once; what may wait (a lock, the
+                # database, Redis) in a thread, never on the loop.
+                taken = feed.take_now(after)
+                if taken is None:
+                    taken = await loop.run_in_executor(self._calls, feed.take, after)
+                events, ended = taken
+                if events:  # what piled up goes out in one write
+                    body = b"".join(sse.encode(*event) for event in events)
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                    after = events[-1][0]
                 if ended:
                     return
                 woken = asyncio.ensure_future(wake.wait())

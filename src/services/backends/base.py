@@ -29,6 +29,11 @@ class EventFeed:
         """The events after id `after`, and whether the run has ended (nothing more will come)."""
         raise NotImplementedError
 
+    def take_now(self, after: int) -> tuple[list[Event], bool] | None:
+        """`take` if it can answer at once without waiting (on a lock, a database, Redis), else
+        None: an event loop calls this first and hands only the rest to a thread."""
+        return None
+
     def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
         """Call `wake` (from any thread, quickly) when there may be new events; returns the
         function that ends the subscription."""
