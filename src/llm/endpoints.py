@@ -62,10 +62,9 @@ def shared_http_client(local: bool = False) -> httpx.Client:
     fresh for every request, so without sharing that cost would dominate short runs. Sharing also
     keeps connections to the LLM endpoint alive, in a pool per thread (`transport.py`). The
     client keeps no cookies: one user's endpoint must not be able to set state that another
-    user's requests carry. It never follows a redirect: the
-    allowed endpoint is the one called. Its event hooks hold every request to its call's time
-    budget (`budget.py`). The local model's client ignores proxy settings: httpx would send even
-    127.0.0.1 through `HTTP_PROXY`.
+    user's requests carry. It never follows a redirect: the allowed endpoint is the one called.
+    Its event hooks hold every request to its call's time budget (`budget.py`). The local
+    model's client ignores proxy settings: httpx would send even 127.0.0.1 through `HTTP_PROXY`.
     """
     with _client_lock:
         client = _clients.get(local)
