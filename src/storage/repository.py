@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, CursorResult, Table, bindparam, delete, insert, select, text, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as OrmSession
 
@@ -19,8 +19,13 @@ from ..schemas.chat import Message, Session
 from ..schemas.pagination import Page
 from ..schemas.runs import UNFINISHED
 from .accounting import keep_usage, live_run_count
-from .store import Store
+from .store import Store, rowcount
 from .tables import (
+    CALLS,
+    EVENTS,
+    MESSAGES,
+    RUNS,
+    SESSIONS,
     LLMCallRow,
     MessageRow,
     RunEventRow,
@@ -29,31 +34,25 @@ from .tables import (
 )
 from .webhooks import add_delivery
 
-# The tables themselves, for plain Core statements (no ORM unit of work on the run path).
-_RUNS = cast("Table", RunRow.__table__)
-_MESSAGES = cast("Table", MessageRow.__table__)
-_SESSIONS = cast("Table", SessionRow.__table__)
-_EVENTS = cast("Table", RunEventRow.__table__)
-_CALLS = cast("Table", LLMCallRow.__table__)
 # What `get_run` returns: every column of the run but its heartbeat.
-_RUN_FIELDS = [c for c in _RUNS.c if c.name != "heartbeat_at"]
+_RUN_FIELDS = [c for c in RUNS.c if c.name != "heartbeat_at"]
 
 # The run path's statements, built once: building one costs more CPU than running it on SQLite
 # (about 80 us against 15-30 us), and a run makes about a dozen. Values come as parameters; an
 # INSERT's or UPDATE's columns are the keys of the parameters it is given.
-_INSERT_MESSAGE = insert(_MESSAGES)
-_INSERT_RUN = insert(_RUNS)
-_INSERT_SESSION = insert(_SESSIONS)
-_INSERT_EVENTS = insert(_EVENTS)
-_INSERT_CALLS = insert(_CALLS)
-_SESSION_ID = select(_SESSIONS.c.id).where(
-    _SESSIONS.c.user_id == bindparam("b_user"), _SESSIONS.c.session_id == bindparam("b_session")
+_INSERT_MESSAGE = insert(MESSAGES)
+_INSERT_RUN = insert(RUNS)
+_INSERT_SESSION = insert(SESSIONS)
+_INSERT_EVENTS = insert(EVENTS)
+_INSERT_CALLS = insert(CALLS)
+_SESSION_ID = select(SESSIONS.c.id).where(
+    SESSIONS.c.user_id == bindparam("b_user"), SESSIONS.c.session_id == bindparam("b_session")
 )
-_RUNS_THERE = select(_RUNS.c.run_id).where(_RUNS.c.run_id.in_(bindparam("b_runs", expanding=True)))
-_FINISH = update(_RUNS).where(
-    _RUNS.c.run_id == bindparam("b_run"), _RUNS.c.status.in_(bindparam("b_when", expanding=True))
+_RUNS_THERE = select(RUNS.c.run_id).where(RUNS.c.run_id.in_(bindparam("b_runs", expanding=True)))
+_FINISH = update(RUNS).where(
+    RUNS.c.run_id == bindparam("b_run"), RUNS.c.status.in_(bindparam("b_when", expanding=True))
 )
-_FINISH_STALE = _FINISH.where(_RUNS.c.heartbeat_at < bindparam("b_stale"))
+_FINISH_STALE = _FINISH.where(RUNS.c.heartbeat_at < bindparam("b_stale"))
 
 
 class TooManyLiveRuns(Exception):
@@ -174,9 +173,7 @@ class Repository(Store):
             query = delete(MessageRow).where(MessageRow.msg_id == msg_id, MessageRow.user_id == user_id)
             if session_id is not None:
                 query = query.where(MessageRow.session_id == session_id)
-            # A DELETE gives a CursorResult (with rowcount); Session.execute is typed as any Result.
-            result = cast("CursorResult[Any]", db.execute(query))
-            return bool(result.rowcount)
+            return bool(rowcount(db.execute(query)))
 
     # runs and LLM calls -------------------------------------------------------------------------
 
@@ -285,7 +282,7 @@ class Repository(Store):
             query, params["b_stale"] = _FINISH_STALE, stale_before
         with self._change() as db:
             # One conditional UPDATE decides (no read first): of two enders, one matches.
-            if not _count(db.execute(query, params)):
+            if not rowcount(db.execute(query, params)):
                 return False
             if reply is not None:
                 _add_message(db, reply, check_taken=False)  # a fresh id: the constraint guards it
@@ -368,7 +365,7 @@ class Repository(Store):
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         with self._read() as db:
-            run = db.execute(select(*_RUN_FIELDS).where(_RUNS.c.run_id == run_id)).first()
+            run = db.execute(select(*_RUN_FIELDS).where(RUNS.c.run_id == run_id)).first()
             if run is None:
                 return None
             return {
@@ -449,11 +446,6 @@ def _session_values(session: Session) -> dict[str, Any]:
         "workflow_id": session.workflow_id,
         "workflow_version": session.workflow_version,
     }
-
-
-def _count(result: Any) -> int:
-    """Rows an UPDATE or DELETE matched."""
-    return int(cast("CursorResult[Any]", result).rowcount)
 
 
 def _session(row: SessionRow) -> Session:

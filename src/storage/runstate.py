@@ -13,22 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
-from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, bindparam, delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 
 from ..schemas.runs import UNFINISHED, RunStatus
-from .store import Store
-from .tables import RunRow, SessionFileRow
+from .store import Store, rowcount
+from .tables import RUNS, RunRow, SessionFileRow
 
 HELD = (RunStatus.RUNNING, RunStatus.AWAITING_INPUT)
-_RUNS = cast("Table", RunRow.__table__)
 # Built once (see repository.py's run-path statements): every run is claimed.
-_CLAIM = update(_RUNS).where(_RUNS.c.run_id == bindparam("b_run"), _RUNS.c.status == RunStatus.QUEUED)
-
-
-def _count(result: Any) -> int:
-    return int(cast("CursorResult[Any]", result).rowcount)
+_CLAIM = update(RUNS).where(RUNS.c.run_id == bindparam("b_run"), RUNS.c.status == RunStatus.QUEUED)
 
 
 class RunStateRepository(Store):
@@ -41,7 +35,7 @@ class RunStateRepository(Store):
             "heartbeat_at": datetime.now(UTC),
         }
         with self._change() as db:
-            return _count(db.execute(_CLAIM, params)) == 1
+            return rowcount(db.execute(_CLAIM, params)) == 1
 
     def heartbeat(self, worker_id: str, run_ids: Collection[str]) -> set[str]:
         """The worker still holds these runs; returns those still live and still its own."""
@@ -99,7 +93,7 @@ class RunStateRepository(Store):
                 .where(RunRow.run_id == run_id, RunRow.status.in_(HELD))
                 .values(status=RunStatus.AWAITING_INPUT, input_prompt=prompt, input_prompt_id=prompt_id)
             )
-            return _count(db.execute(query)) == 1
+            return rowcount(db.execute(query)) == 1
 
     def take_prompt(self, run_id: str, prompt_id: str | None = None) -> str | None:
         """Take the prompt the run waits on (only `prompt_id`, when given): the run is running
@@ -121,7 +115,7 @@ class RunStateRepository(Store):
                 )
                 .values(status=RunStatus.RUNNING, input_prompt=None, input_prompt_id=None)
             )
-            return waiting if _count(db.execute(query)) == 1 else None
+            return waiting if rowcount(db.execute(query)) == 1 else None
 
     # files -----------------------------------------------------------------------------------------
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session as OrmSession
 
 from ..schemas.pagination import Page
 from .keyset import newest_first
-from .store import Store
+from .store import Store, rowcount
 from .tables import ApiKeyRow, ScheduleRow
 from .workflows import micros
 
@@ -131,7 +131,7 @@ class ScheduleRepository(Store):
                 .where(ScheduleRow.schedule_id == schedule_id, ScheduleRow.next_fire_at == due)
                 .values(next_fire_at=following)
             )
-            return bool(cast("CursorResult[Any]", result).rowcount)
+            return bool(rowcount(result))
 
     def fired(self, schedule_id: str, run_id: str, at: datetime) -> None:
         """A firing started its run."""

@@ -13,13 +13,21 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, CursorResult, Engine
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import sessionmaker
 
 WriteLock = AbstractContextManager[object]
+
+
+def rowcount(result: Any) -> int:
+    """The rows an UPDATE or DELETE matched (`execute` is typed as any Result; these give a
+    CursorResult): a conditional write's verdict."""
+    return int(cast("CursorResult[Any]", result).rowcount)
+
+
 S = TypeVar("S", bound="Store")
 
 

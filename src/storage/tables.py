@@ -7,7 +7,7 @@ over thousands of calls must add up to the cent the provider bills, not to a flo
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -19,6 +19,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -387,3 +388,12 @@ class WebhookDeliveryRow(Base):
     lease_until: Mapped[datetime | None]
     claimed_by: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+# The tables themselves, for the run path's plain Core statements (repository.py, runstate.py:
+# no ORM unit of work there).
+RUNS = cast("Table", RunRow.__table__)
+MESSAGES = cast("Table", MessageRow.__table__)
+SESSIONS = cast("Table", SessionRow.__table__)
+EVENTS = cast("Table", RunEventRow.__table__)
+CALLS = cast("Table", LLMCallRow.__table__)

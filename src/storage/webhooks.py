@@ -17,14 +17,14 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, CursorResult, insert, or_, select, update
+from sqlalchemy import Connection, insert, or_, select, update
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import aliased
 
 from ..schemas.runs import TERMINAL
-from .store import Store
+from .store import Store, rowcount
 from .tables import MessageRow, RunRow, WebhookDeliveryRow
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
@@ -94,7 +94,7 @@ class WebhookRepository(Store):
                 )
                 .values(claimed_by=holder, lease_until=until)
             )
-            if not cast("CursorResult[Any]", result).rowcount:
+            if not rowcount(result):
                 return None
             row = db.get(WebhookDeliveryRow, delivery_id)
             assert row is not None
