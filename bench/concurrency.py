@@ -272,7 +272,7 @@ def measure_default(args: argparse.Namespace, llm: ScriptedLLM, flow: dict[str, 
 
                 meter = CpuMeter({"server": [pid]})
                 meter.start()
-            spy = Spy(pid, args.profile_raw) if args.profile else None
+            spy = Spy(pid, args.profile_raw, args.rate) if args.profile else None
             cpu0 = cpu_seconds(pid)
             t0 = time.perf_counter()
             results = workload([server.url], [server.url], args.runs, flow)
@@ -484,6 +484,7 @@ def main() -> None:
     parser.add_argument("--skip-default", action="store_true", help="with --distributed: only that mode")
     parser.add_argument("--profile", action="store_true", help="where the server's CPU goes (py-spy)")
     parser.add_argument("--profile-raw", help="with --profile: keep py-spy's raw stacks in this file")
+    parser.add_argument("--rate", type=int, default=100, help="with --profile: py-spy's samples a second")
     args = parser.parse_args()
 
     llm = scripted_llm(args.latency)

@@ -5,6 +5,8 @@ usage is what the LLM endpoint counted; streaming; errors in OpenAI's shape; sig
 from __future__ import annotations
 
 import json
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import requests
 from tests.conftest import SERVER_KEY
 from tests.support import workflows as wf
 from tests.support.auth import create_key
-from tests.support.scripted_llm import ScriptedLLM
+from tests.support.scripted_llm import Reply, ScriptedLLM
 from tests.support.server import RunningServer, start_server
 
 USER = "guestuser@autobots.local"  # the config's default_user_id: a request naming nobody
@@ -241,3 +243,47 @@ def test_sign_in_the_api_key_is_the_bearer_token(
         srv.url + f"/api/runs/{run_id}", headers={"Authorization": f"Bearer {alice}"}, timeout=60
     )
     assert run.status_code == 200 and run.json()["data"]["user_id"] == "alice@example.com"
+
+
+def test_a_stream_whose_client_goes_away_cancels_the_run(
+    llm_server: ScriptedLLM, llm: ScriptedLLM, tmp_path: Path
+) -> None:
+    """A streaming client that closes its connection mid-run will read no answer: the run is
+    cancelled at the stream's next chunk (a heartbeat here, every second), its LLM call abandoned,
+    rather than run to its end for nobody."""
+    env = {
+        "OPENAI_API_KEY": SERVER_KEY,
+        "OPENAI_BASE_URL": llm_server.base_url,
+        "AUTOBOTS_RUNS__HEARTBEAT_S": "1",
+    }
+    srv = start_server(tmp_path, env=env)
+    try:
+        wid = save(srv, USER, team("Abandoned stream team", "you are slow"))
+        llm.queue(Reply("Too late. TERMINATE", delay=20.0))
+        body = json.dumps(
+            {"model": wid, "messages": [{"role": "user", "content": "take your time"}], "stream": True}
+        ).encode()
+        host, port = srv.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            head = (
+                f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            )
+            sock.sendall(head.encode() + body)
+            got = b""
+            while b"chatcmpl-" not in got or b"\n\n" not in got.split(b"chatcmpl-", 1)[1]:
+                got += sock.recv(4096)
+        assert got.startswith(b"HTTP/1.1 200")
+        run_id = got.split(b"chatcmpl-", 1)[1].split(b'"', 1)[0].decode()
+        # The socket is closed: within a few heartbeats the run is cancelled, long before the
+        # LLM's 20 s answer would have come.
+        deadline = time.monotonic() + 10
+        status = ""
+        while time.monotonic() < deadline:
+            status = srv.get(f"/api/runs/{run_id}", user_id=USER).json()["data"]["status"]
+            if status != "running":
+                break
+            time.sleep(0.2)
+        assert status == "cancelled"
+    finally:
+        srv.stop()

@@ -7,7 +7,8 @@ slow bodies cost a socket, not a thread. Then
 - `GET /api/runs/<id>/events` is served on the event loop: the listener waits on an
   `asyncio.Event` that the run's thread sets (`RunManager.feed`), and holds no thread while it
   waits; a closed listener is noticed at once (`http.disconnect`) and unsubscribes;
-- everything else goes to the Flask app in a bounded thread pool (a2wsgi), body already read.
+- everything else goes to the Flask app in a bounded thread pool, body already read: one hop to
+  a thread and one back (`flask_calls.py`).
 The event stream runs Flask's own before/after-request hooks in a request context, so it is
 signed in, rate limited and given headers exactly as every other route.
 """
@@ -22,7 +23,6 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
-from a2wsgi import WSGIMiddleware
 from a2wsgi.wsgi import build_environ
 from flask import Flask, Response, request
 from pydantic import ValidationError
@@ -34,6 +34,7 @@ from . import sse
 from .auth import run_owner
 from .context import services
 from .errors import envelope
+from .flask_calls import FlaskCalls, disconnected
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -50,7 +51,7 @@ BODY_TIMEOUT_S = 30.0
 class Front:
     def __init__(self, app: Flask, settings: Settings) -> None:
         self.app = app
-        self._wsgi = WSGIMiddleware(app, workers=settings.server_threads)  # type: ignore[arg-type]
+        self._flask = FlaskCalls(app, settings.server_threads)
         # Short calls for event streams (sign-in, ownership, reading events), never a wait.
         self._calls = ThreadPoolExecutor(max_workers=16, thread_name_prefix="stream")
         self._max_body = settings.max_request_bytes
@@ -66,7 +67,7 @@ class Front:
         else:
             body = await self._read_body(receive, send)
             if body is not None:
-                await self._wsgi(scope, _replay(body, receive), send)  # type: ignore[arg-type]
+                await self._flask(scope, body, receive, send)
 
     async def _read_body(self, receive: Receive, send: Send) -> bytes | None:
         """The whole body (at most one byte past the cap: Flask then answers 413 itself)."""
@@ -127,7 +128,7 @@ class Front:
 
         # In a thread: subscribing may ask Redis where the stream ends (never block the loop).
         unsubscribe = await loop.run_in_executor(self._calls, feed.subscribe, wake_up)
-        gone = asyncio.ensure_future(_disconnected(receive))
+        gone = asyncio.ensure_future(disconnected(receive))
         try:
             await send({"type": "http.response.body", "body": sse.RETRY, "more_body": True})
             while True:
@@ -199,25 +200,6 @@ class _NoBody:
 
     def __iter__(self) -> Any:
         return iter(())
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """`receive` for the WSGI side: the body read already, then the client's own messages."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
