@@ -16,7 +16,10 @@ the largest part of the HTTP front. Here:
   (no response is buffered whole in memory). A client that goes away ends it: the next chunk is
   not read and the iterable is closed, as a WSGI server must, so a generator's `finally` runs
   (the OpenAI-compatible stream then cancels the run nobody reads). a2wsgi went on reading:
-  gunicorn drops what is sent to a closed connection without a word.
+  gunicorn drops what is sent to a closed connection without a word. gunicorn also cancels the
+  request 3 s after its client left, usually while a chunk is being read (a stream's heartbeat
+  comes every 15 s): the iterable is then closed once that read returns, never by two threads at
+  once, and never left to the garbage collector.
 
 Each request runs in a copy of the loop's context (its context variables), as a2wsgi ran it.
 """
@@ -26,8 +29,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import io
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -37,6 +41,8 @@ from flask import Flask, Response, request
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+log = logging.getLogger("autobots.http")
 
 # Set in the environ, by the last after-request hook, when the response is all in memory.
 _WHOLE = "autobots.whole_response"
@@ -66,31 +72,58 @@ class FlaskCalls:
 
     async def __call__(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
         """Serve one request whose body was read whole; `receive` tells of a client gone."""
-        loop = asyncio.get_running_loop()
         # a2wsgi types the environ as its own TypedDict; the app takes it as the dict it is.
         environ = cast("dict[str, Any]", build_environ(scope, io.BytesIO(body)))  # type: ignore[arg-type]
         context = contextvars.copy_context()
-        started = await loop.run_in_executor(self._pool, context.run, self._start, environ)
+        starting = self._pool.submit(context.run, self._start, environ)
+        try:
+            started = await asyncio.wrap_future(starting)
+        except asyncio.CancelledError:  # gunicorn gave up on the request: close what it returns
+            starting.add_done_callback(lambda job: self._close(_iterable_of(job), context))
+            raise
         await send({"type": "http.response.start", "status": started.status, "headers": started.headers})
         if started.rest is None:
             await send({"type": "http.response.body", "body": b"".join(started.body), "more_body": False})
             return
         gone = asyncio.ensure_future(disconnected(receive))
+        reading: Future[bytes | None] | None = None
         try:
             for first in started.body:
                 await send({"type": "http.response.body", "body": first, "more_body": True})
             while not gone.done():
-                chunk = await loop.run_in_executor(self._pool, context.run, _next, started.rest)
+                reading = self._pool.submit(context.run, _next, started.rest)
+                chunk = await asyncio.wrap_future(reading)
+                reading = None
                 if chunk is None:
                     break
                 if chunk and not gone.done():
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         finally:
             gone.cancel()
-            close = getattr(started.iterable, "close", None)
-            if close is not None:
-                await loop.run_in_executor(self._pool, context.run, close)
+            if reading is None:
+                self._close(started.iterable, context)
+            else:  # cancelled (gunicorn gives up 3 s after a disconnect) while a chunk is read
+                reading.add_done_callback(lambda _job: self._close(started.iterable, context))
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _close(self, iterable: Iterable[bytes] | None, context: contextvars.Context) -> None:
+        """Close a streamed iterable in a pool thread, in its request's context, once nothing
+        reads it: two threads never run it (or enter its context) at once, and its `finally`
+        (a stream's cancel of its run) runs now, not when the garbage collector finds it."""
+        close = getattr(iterable, "close", None)
+        if close is None:
+            return
+
+        def run() -> None:
+            try:
+                context.run(close)
+            except Exception:
+                log.exception("a streamed response could not be closed")
+
+        try:
+            self._pool.submit(run)
+        except RuntimeError:  # the pool is shut down: the process is ending
+            log.info("a streamed response was not closed: the server is stopping")
 
     def _start(self, environ: dict[str, Any]) -> _Started:
         """In a pool thread: the app called, and the response read whole when it is in memory."""
@@ -130,6 +163,13 @@ async def disconnected(receive: Receive) -> None:
     """Returns once the client has gone (the request's body read already)."""
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+def _iterable_of(job: Future[_Started]) -> Iterable[bytes] | None:
+    """The streamed iterable a request's start returned (None if it failed or was whole)."""
+    if job.cancelled() or job.exception() is not None:
+        return None
+    return job.result().iterable
 
 
 def _next(rest: Iterator[bytes]) -> bytes | None:
