@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -34,12 +33,7 @@ from . import sse
 from .auth import run_owner
 from .context import services
 from .errors import envelope
-from .flask_calls import FlaskCalls, disconnected
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+from .flask_calls import FlaskCalls, Receive, Scope, Send, disconnected
 
 log = logging.getLogger("autobots.http")
 

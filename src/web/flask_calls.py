@@ -38,9 +38,11 @@ from typing import Any, cast
 from a2wsgi.wsgi import build_environ
 from flask import Flask, Response, request
 
+# ASGI's callables, as the front (`asgi.py`) and this module use them.
 Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 
 log = logging.getLogger("autobots.http")
 
@@ -96,7 +98,7 @@ class FlaskCalls:
                 reading = None
                 if chunk is None:
                     break
-                if chunk and not gone.done():
+                if chunk:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         finally:
             gone.cancel()
