@@ -26,6 +26,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
+class _Server(ThreadingHTTPServer):
+    """A listen backlog like a real endpoint's: the standard library's is 5, and a hundred runs
+    connecting at once overflowed it (a connection reset, a run failed as an endpoint failure)."""
+
+    request_queue_size = 1024
+
+
 @dataclass
 class Reply:
     content: str
@@ -182,7 +189,7 @@ class ScriptedLLM:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._server = _Server(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True, name="scripted-llm").start()
         return self
