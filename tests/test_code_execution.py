@@ -523,6 +523,35 @@ def test_a_failed_run_or_no_code_is_still_followed_up(exec_server, llm, user_id)
     assert r.json()["message"] == "It is 42."
 
 
+CUT_OFF = "```python\ntotal = 0\nfor year in range(1901, 2001):\n    if year % 4 == 0:\n        total += 1\n    if year % 4"
+
+
+def test_a_reply_cut_off_inside_its_code_is_told_so_and_may_try_again(exec_server, llm, user_id):
+    """A reply that hit its token cap inside a code block ran nothing; the model is told so (not
+    sent the generic default reply), and its shorter code then runs."""
+    llm.queue(CUT_OFF, code("print(25)"), "There are 25 leap years.")
+    flow = coder_with_reply("local", "Write a python block that prints the answer.")
+    r = exec_server.post("/api/messages", {"message": wf.message(user_id, "leap years"), "flow_config": flow})
+    assert r.status_code == 200, r.text
+    asked = llm.served[1].body["messages"][-1]["content"]
+    assert "cut off" in asked and "nothing ran" in asked and "Write a python block" not in asked
+    out = outputs(r)
+    assert len(out) == 1 and out[0].startswith("exitcode: 0") and "25" in out[0]
+    assert r.json()["message"] == "There are 25 leap years."
+
+
+def test_a_second_cut_off_reply_in_a_row_ends_the_chat(exec_server, llm, user_id):
+    """At temperature 0 a model that looped once loops again: after two cut-off replies the
+    chat ends rather than spend the reply cap (a minute each on the embedded model)."""
+    llm.queue(CUT_OFF, CUT_OFF, code("print(25)"))
+    flow = coder_with_reply("local", "Write a python block that prints the answer.")
+    r = exec_server.post("/api/messages", {"message": wf.message(user_id, "leap years"), "flow_config": flow})
+    assert r.status_code == 200, r.text
+    assert llm.counted()["calls"] == 2 and outputs(r) == []
+    said = r.json()["metadata"]["metadata"]["messages"]
+    assert [m["sender"] for m in said] == ["userproxy", "coder", "userproxy", "coder"]
+
+
 def test_terminate_on_the_last_line_of_a_code_block_is_not_run(exec_server, llm, user_id):
     """Small models close their block with TERMINATE; Python would fail on the undefined name."""
     llm.queue("```python\nprint(sum(range(4)))\nTERMINATE\n```", "It is 6.")

@@ -11,6 +11,11 @@ the agents it concerns:
   again: AutoGen would send its empty default reply (or a fixed "reply TERMINATE when done"),
   and the model's answer to that is only "TERMINATE", an LLM call and seconds spent on nothing
   (`end_when_nothing_to_add`).
+- A reply cut off inside its code block (the model hit its token cap, usually looping over the
+  same lines) is answered with what happened and a request for shorter code, not with the
+  generic default reply; a second cut-off reply in a row ends the chat, since asking a model
+  at temperature 0 again buys the same loop again, its whole `max_tokens` each time (about
+  20 s for the coder example's 400 on the embedded model) (`follow_up_cut_off_code`).
 - An agent with an LLM reads its own earlier messages without what it wrote after a code block
   that then ran (`hide_claims_made_before_the_run`): that text was written before the output
   existed ("... the sum is 768. TERMINATE"), and a small model reading it again repeats it
@@ -36,6 +41,13 @@ from autogen.code_utils import UNKNOWN, extract_code
 from ..execution.base import NO_OUTPUT_NOTE
 from ..execution.codeprep import LANGUAGES
 from .transcript import message_text
+
+# What a user proxy answers a reply cut off inside its code block, the first time.
+CUT_OFF_REPLY = (
+    "Your reply was cut off before its code block was closed: it was too long, and nothing ran. "
+    "Reply with one shorter complete ```python code block that prints the answer: let loops "
+    "and the standard library do the work instead of writing cases out one by one."
+)
 
 
 def termination_check(keyword: str | None, runs_code: bool = False) -> Callable[[dict[str, Any]], bool]:
@@ -98,6 +110,38 @@ def end_when_nothing_to_add(agent: ConversableAgent) -> None:
     agent.register_reply([Agent, None], nothing_to_add, position=len(agent._reply_func_list))
 
 
+def follow_up_cut_off_code(agent: ConversableAgent) -> None:
+    """Make an agent that runs code answer a reply cut off inside its code block.
+
+    Registered before `end_when_nothing_to_add`, so it runs where AutoGen found no complete
+    block to run: the first cut-off reply gets `CUT_OFF_REPLY` (the generic default reply
+    would not say why nothing ran, and the model repeats itself); a cut-off reply right after
+    an earlier one ends the chat. In a group chat it changes nothing (the manager gives turns).
+    """
+
+    def cut_off(
+        recipient: ConversableAgent,
+        messages: list[dict[str, Any]] | None = None,
+        sender: Agent | None = None,
+        config: Any | None = None,
+    ) -> tuple[bool, str | None]:
+        if isinstance(sender, GroupChatManager) or not messages:
+            return False, None
+        if not cut_off_in_code(message_text(messages[-1])):
+            return False, None
+        before = messages[-3] if len(messages) >= 3 else None  # its previous reply, if any
+        if before is not None and cut_off_in_code(message_text(before)):
+            return True, None  # no reply: AutoGen ends the chat here
+        return True, CUT_OFF_REPLY
+
+    agent.register_reply([Agent, None], cut_off, position=len(agent._reply_func_list))
+
+
+def cut_off_in_code(text: str) -> bool:
+    """Whether the text opens a fenced block it never closes (a reply cut off at its token cap)."""
+    return "```" in text and _OPEN_FENCE.search(_CODE_BLOCK.sub("", text)) is not None
+
+
 def _answers_code_output(messages: list[dict[str, Any]]) -> bool:
     """Whether the last message replies to this agent's report of code that ran successfully."""
     if len(messages) < 2 or messages[-2].get("role") != "assistant":  # the agent's own message
@@ -108,6 +152,7 @@ def _answers_code_output(messages: list[dict[str, Any]]) -> bool:
 # A fenced code block, as AutoGen's extractor finds them; and an execution report (any exit code).
 _CODE_BLOCK = re.compile(r"```[ \t]*\w*[ \t]*\r?\n.*?\r?\n[ \t]*```", re.DOTALL)
 _RAN = re.compile(r"^exitcode: -?\d+")
+_OPEN_FENCE = re.compile(r"```[ \t]*\w*[ \t]*\r?\n")
 
 
 def hide_claims_made_before_the_run(agent: ConversableAgent) -> None:

@@ -30,6 +30,7 @@ from ..schemas.workflow import AgentConfig, AgentFlowSpec, AgentType, LLMConfig
 from .code_turns import (
     drop_terminate_in_code,
     end_when_nothing_to_add,
+    follow_up_cut_off_code,
     hide_claims_made_before_the_run,
     termination_check,
 )
@@ -137,6 +138,8 @@ class AgentFactory:
         if kwargs["code_execution_config"] is not False:
             drop_terminate_in_code(agent, cfg.is_termination_msg or "TERMINATE")
         if kwargs["llm_config"] is False:
+            if kwargs["code_execution_config"] is not False:
+                follow_up_cut_off_code(agent)
             end_when_nothing_to_add(agent)
         else:
             hide_claims_made_before_the_run(agent)
