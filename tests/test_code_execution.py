@@ -542,7 +542,7 @@ def test_a_reply_cut_off_inside_its_code_is_told_so_and_may_try_again(exec_serve
 
 def test_a_second_cut_off_reply_in_a_row_ends_the_chat(exec_server, llm, user_id):
     """At temperature 0 a model that looped once loops again: after two cut-off replies the
-    chat ends rather than spend the reply cap (a minute each on the embedded model)."""
+    chat ends rather than spend the reply cap (about 20 s each on the embedded model)."""
     llm.queue(CUT_OFF, CUT_OFF, code("print(25)"))
     flow = coder_with_reply("local", "Write a python block that prints the answer.")
     r = exec_server.post("/api/messages", {"message": wf.message(user_id, "leap years"), "flow_config": flow})
@@ -550,6 +550,16 @@ def test_a_second_cut_off_reply_in_a_row_ends_the_chat(exec_server, llm, user_id
     assert llm.counted()["calls"] == 2 and outputs(r) == []
     said = r.json()["metadata"]["metadata"]["messages"]
     assert [m["sender"] for m in said] == ["userproxy", "coder", "userproxy", "coder"]
+    # The cut-off answer is now the session's last turn; a follow-up's first cut-off reply is
+    # still told so (the replayed history is not the model's previous reply).
+    llm.reset()  # the unused third reply goes
+    llm.queue(CUT_OFF, code("print(25)"), "There are 25 leap years.")
+    sid = r.json()["metadata"]["session_id"]
+    body = {"message": wf.message(user_id, "try again", sid), "flow_config": flow}
+    r = exec_server.post("/api/messages", body)
+    assert r.status_code == 200, r.text
+    assert "cut off" in llm.served[1].body["messages"][-1]["content"]
+    assert r.json()["message"] == "There are 25 leap years." and len(outputs(r)) == 1
 
 
 def test_terminate_on_the_last_line_of_a_code_block_is_not_run(exec_server, llm, user_id):

@@ -45,8 +45,8 @@ from .transcript import message_text
 # What a user proxy answers a reply cut off inside its code block, the first time.
 CUT_OFF_REPLY = (
     "Your reply was cut off before its code block was closed: it was too long, and nothing ran. "
-    "Reply with one shorter complete ```python code block that prints the answer: let loops "
-    "and the standard library do the work instead of writing cases out one by one."
+    "Reply with one shorter complete code block: let loops and the standard library do the work "
+    "instead of writing cases out one by one."
 )
 
 
@@ -114,9 +114,11 @@ def follow_up_cut_off_code(agent: ConversableAgent) -> None:
     """Make an agent that runs code answer a reply cut off inside its code block.
 
     Registered before `end_when_nothing_to_add`, so it runs where AutoGen found no complete
-    block to run: the first cut-off reply gets `CUT_OFF_REPLY` (the generic default reply
-    would not say why nothing ran, and the model repeats itself); a cut-off reply right after
-    an earlier one ends the chat. In a group chat it changes nothing (the manager gives turns).
+    block to run: a cut-off reply gets `CUT_OFF_REPLY` (the generic default reply would not
+    say why nothing ran, and the model repeats itself); a cut-off reply to `CUT_OFF_REPLY`
+    ends the chat. The agent's own last message is what tells: the one before it may be an
+    earlier turn of the session, replayed, which proves nothing about this reply. In a group
+    chat it changes nothing (the manager gives turns).
     """
 
     def cut_off(
@@ -129,8 +131,8 @@ def follow_up_cut_off_code(agent: ConversableAgent) -> None:
             return False, None
         if not cut_off_in_code(message_text(messages[-1])):
             return False, None
-        before = messages[-3] if len(messages) >= 3 else None  # its previous reply, if any
-        if before is not None and cut_off_in_code(message_text(before)):
+        asked = messages[-2] if len(messages) >= 2 else None  # this agent's own last message
+        if asked is not None and asked.get("role") == "assistant" and message_text(asked) == CUT_OFF_REPLY:
             return True, None  # no reply: AutoGen ends the chat here
         return True, CUT_OFF_REPLY
 
@@ -138,8 +140,11 @@ def follow_up_cut_off_code(agent: ConversableAgent) -> None:
 
 
 def cut_off_in_code(text: str) -> bool:
-    """Whether the text opens a fenced block it never closes (a reply cut off at its token cap)."""
-    return "```" in text and _OPEN_FENCE.search(_CODE_BLOCK.sub("", text)) is not None
+    """Whether the text opens a fenced block it never closes (a reply cut off at its token cap):
+    an odd number of lines that start with a fence. Counting lines, not matching blocks, keeps
+    complete replies complete whatever their tags (```c++, ```python title=x.py), empty blocks
+    and fences quoted in prose."""
+    return len(_FENCE_LINE.findall(text)) % 2 == 1
 
 
 def _answers_code_output(messages: list[dict[str, Any]]) -> bool:
@@ -152,7 +157,7 @@ def _answers_code_output(messages: list[dict[str, Any]]) -> bool:
 # A fenced code block, as AutoGen's extractor finds them; and an execution report (any exit code).
 _CODE_BLOCK = re.compile(r"```[ \t]*\w*[ \t]*\r?\n.*?\r?\n[ \t]*```", re.DOTALL)
 _RAN = re.compile(r"^exitcode: -?\d+")
-_OPEN_FENCE = re.compile(r"```[ \t]*\w*[ \t]*\r?\n")
+_FENCE_LINE = re.compile(r"^[ \t]*```", re.MULTILINE)
 
 
 def hide_claims_made_before_the_run(agent: ConversableAgent) -> None:
