@@ -13,7 +13,7 @@ the agents it concerns:
   (`end_when_nothing_to_add`).
 - A reply cut off inside its code block (the model hit its token cap, usually looping over the
   same lines) is answered with what happened and a request for shorter code, not with the
-  generic default reply; a second cut-off reply in a row ends the chat, since asking a model
+  generic default reply; a cut-off reply to that request ends the chat, since asking a model
   at temperature 0 again buys the same loop again, its whole `max_tokens` each time (about
   20 s for the coder example's 400 on the embedded model) (`follow_up_cut_off_code`).
 - An agent with an LLM reads its own earlier messages without what it wrote after a code block
@@ -41,6 +41,10 @@ from autogen.code_utils import UNKNOWN, extract_code
 from ..execution.base import NO_OUTPUT_NOTE
 from ..execution.codeprep import LANGUAGES
 from .transcript import message_text
+
+# A reply rule of a two-party chat, given the agent and what it received: (True, text) answers
+# with text, (True, None) ends the chat, (False, None) leaves the turn to AutoGen's next reply.
+_Rule = Callable[[ConversableAgent, list[dict[str, Any]]], tuple[bool, str | None]]
 
 # What a user proxy answers a reply cut off inside its code block, the first time.
 CUT_OFF_REPLY = (
@@ -96,18 +100,13 @@ def end_when_nothing_to_add(agent: ConversableAgent) -> None:
     """
 
     def nothing_to_add(
-        recipient: ConversableAgent,
-        messages: list[dict[str, Any]] | None = None,
-        sender: Agent | None = None,
-        config: Any | None = None,
+        recipient: ConversableAgent, messages: list[dict[str, Any]]
     ) -> tuple[bool, str | None]:
-        if isinstance(sender, GroupChatManager) or not messages:
-            return False, None
         if recipient._default_auto_reply and not _answers_code_output(messages):
             return False, None
         return True, None  # no reply: AutoGen ends the chat here
 
-    agent.register_reply([Agent, None], nothing_to_add, position=len(agent._reply_func_list))
+    _add_two_party_rule(agent, nothing_to_add)
 
 
 def follow_up_cut_off_code(agent: ConversableAgent) -> None:
@@ -121,7 +120,23 @@ def follow_up_cut_off_code(agent: ConversableAgent) -> None:
     chat it changes nothing (the manager gives turns).
     """
 
-    def cut_off(
+    def cut_off(recipient: ConversableAgent, messages: list[dict[str, Any]]) -> tuple[bool, str | None]:
+        if not cut_off_in_code(message_text(messages[-1])):
+            return False, None
+        asked = messages[-2] if len(messages) >= 2 else {}  # this agent's own last message
+        if asked.get("role") == "assistant" and message_text(asked) == CUT_OFF_REPLY:
+            return True, None  # no reply: AutoGen ends the chat here
+        return True, CUT_OFF_REPLY
+
+    _add_two_party_rule(agent, cut_off)
+
+
+def _add_two_party_rule(agent: ConversableAgent, rule: _Rule) -> None:
+    """Register a rule as the agent's last reply function so far (after AutoGen's termination
+    check and code execution), for two-party chats only: in a group chat the manager gives the
+    turns, and a member's rule would take them from it."""
+
+    def reply(
         recipient: ConversableAgent,
         messages: list[dict[str, Any]] | None = None,
         sender: Agent | None = None,
@@ -129,14 +144,9 @@ def follow_up_cut_off_code(agent: ConversableAgent) -> None:
     ) -> tuple[bool, str | None]:
         if isinstance(sender, GroupChatManager) or not messages:
             return False, None
-        if not cut_off_in_code(message_text(messages[-1])):
-            return False, None
-        asked = messages[-2] if len(messages) >= 2 else None  # this agent's own last message
-        if asked is not None and asked.get("role") == "assistant" and message_text(asked) == CUT_OFF_REPLY:
-            return True, None  # no reply: AutoGen ends the chat here
-        return True, CUT_OFF_REPLY
+        return rule(recipient, messages)
 
-    agent.register_reply([Agent, None], cut_off, position=len(agent._reply_func_list))
+    agent.register_reply([Agent, None], reply, position=len(agent._reply_func_list))
 
 
 def cut_off_in_code(text: str) -> bool:
