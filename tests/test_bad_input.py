@@ -60,6 +60,12 @@ CASES = {
         lambda b: b["flow_config"]["agents"][1]["agent"]["config"].__setitem__("name", "bad name"),
         "config.name",
     ),
+    # The spec's own `name` (it overrides config.name) has no pattern of its own: AutoGen's rule
+    # (no whitespace in the name of an agent with an LLM) was a 500 from inside its constructor.
+    "agent spec name with spaces": (
+        lambda b: b["flow_config"]["agents"][1]["agent"].__setitem__("name", "my helper"),
+        "agent 'my helper': an agent with an llm_config may not have whitespace in its name",
+    ),
     "two agents with one name": (
         lambda b: b["flow_config"]["agents"].append(copy.deepcopy(b["flow_config"]["agents"][1])),
         "used twice",

@@ -5,8 +5,11 @@ requests would leak one user's chat into another's. Every agent built here check
 before each LLM call, opens the call's time budget (`llm/budget.py`: all its tries within its
 timeout), and reports each message it says to the run's transcript. Agents with an LLM call it
 through the server's registered model client (`llm/model_client.py`: AutoGen's public
-`register_model_client`), which shares one OpenAI client per endpoint across the process; the
-agents themselves stay fresh per request.
+`register_model_client`), which shares one OpenAI client per endpoint across the process; an
+agent offered no tools also takes the process's AutoGen `LLMConfig` and `OpenAIWrapper` for its
+config (`shared_wrapper`: neither holds conversation state) instead of building its own, set as
+the agent's public `llm_config` and `client` after it is built without one. The agents
+themselves stay fresh per request.
 
 How the agents take their turns around code (termination, follow-ups, what a model reads of its
 own earlier messages) is `code_turns.py`'s; the factory registers those rules on the agents they
@@ -15,16 +18,18 @@ concern.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 from autogen import AssistantAgent, ConversableAgent, GroupChat, GroupChatManager, UserProxyAgent
 from autogen import LLMConfig as AutogenLLMConfig
 from autogen.agentchat import Agent
+from autogen.oai.client import OpenAIWrapper
 
 from ..llm import budget
 from ..llm.endpoints import NoUsableEndpoint, ResolvedLLMConfig
-from ..llm.model_client import ServerModelClient
+from ..llm.model_client import ServerModelClient, shared_wrapper
 from ..llm.usage import UsageRecorder, billed_to
 from ..schemas.workflow import AgentConfig, AgentFlowSpec, AgentType, LLMConfig
 from .code_turns import (
@@ -116,9 +121,12 @@ class AgentFactory:
         if spec.type is AgentType.groupchat:
             return self.group_manager(spec, spec.agents)
         cfg = spec.config
+        llm_config = self.llm_config_for(spec)
+        # Offering a tool rewrites the agent's llm_config and wrapper: such an agent has its own.
+        shared = _shareable(spec.agent_name, llm_config) and not (cfg.skills or cfg.mcp_servers)
         kwargs: dict[str, Any] = {
             "name": spec.agent_name,
-            "llm_config": self.llm_config_for(spec),
+            "llm_config": False if shared else llm_config,
             "human_input_mode": cfg.human_input_mode.value,
             "max_consecutive_auto_reply": cfg.max_consecutive_auto_reply,
             "is_termination_msg": termination_check(
@@ -135,9 +143,11 @@ class AgentFactory:
         else:
             kwargs["system_message"] = cfg.system_message or ""
             agent = UserProxyAgent(**kwargs)
+        if shared:
+            agent.llm_config, agent.client = shared_wrapper(cast(dict[str, Any], llm_config))
         if kwargs["code_execution_config"] is not False:
             drop_terminate_in_code(agent, cfg.is_termination_msg or "TERMINATE")
-        if kwargs["llm_config"] is False:
+        if llm_config is False:
             if kwargs["code_execution_config"] is not False:
                 follow_up_cut_off_code(agent)
             end_when_nothing_to_add(agent)
@@ -145,7 +155,7 @@ class AgentFactory:
             hide_claims_made_before_the_run(agent)
         if self.tools is not None:
             self.tools(agent, cfg)
-        return self._wire(agent)
+        return self._wire(agent, has_client=shared)
 
     def default_user_proxy(self, name: str = "userproxy") -> ConversableAgent:
         """The sender used when a workflow names none: no LLM, no code, never asks a human."""
@@ -166,11 +176,16 @@ class AgentFactory:
         """A manager over fresh members; without a manager spec, defaults suitable for most teams."""
         built = [self.build(m) for m in members]
         cfg = spec.config if spec is not None else AgentConfig(name="group_chat_manager")
-        llm_config: dict[str, Any] | AutogenLLMConfig | bool = (
-            self.llm_config_for(spec) if spec is not None else False
-        )
-        if llm_config is False:
-            llm_config = next((a.llm_config for a in built if a.llm_config), False)
+        own = self.llm_config_for(spec) if spec is not None else False
+        shared: AutogenLLMConfig | None = None
+        client: OpenAIWrapper | None = None
+        if own is False:  # a member's (an LLMConfig), with that member's wrapper
+            donor = next((a for a in built if a.llm_config), None)
+            if donor is not None and donor.llm_config:
+                shared, client = donor.llm_config, donor.client
+        elif isinstance(own, dict) and _shareable(cfg.name, own):
+            shared, client = shared_wrapper(own)
+        llm_config: dict[str, Any] | AutogenLLMConfig | bool = shared if shared is not None else own
         method = cfg.speaker_selection_method.value
         if method == "auto" and not llm_config:
             raise WorkflowConfigError(
@@ -195,12 +210,14 @@ class AgentFactory:
         manager = GroupChatManager(
             groupchat=groupchat,
             name=cfg.name,
-            llm_config=llm_config,
+            llm_config=False if shared is not None else llm_config,
             human_input_mode="NEVER",
             is_termination_msg=termination_check(cfg.is_termination_msg),
             system_message=cfg.system_message or "Group chat manager.",
         )
-        return self._wire(manager)
+        if shared is not None:
+            manager.llm_config, manager.client = shared, client
+        return self._wire(manager, has_client=shared is not None)
 
     def _code_execution(self, cfg: AgentConfig) -> dict[str, Any] | bool:
         if cfg.code_execution_config is False:
@@ -218,7 +235,8 @@ class AgentFactory:
             self.notes.append(note)
         return {"executor": executor}
 
-    def _wire(self, agent: _Agent) -> _Agent:
+    def _wire(self, agent: _Agent, has_client: bool = False) -> _Agent:
+        """`has_client`: the agent's wrapper is a shared one, its model clients registered."""
         recorder, transcript, name = self.recorder, self.transcript, agent.name
         timeout = _timeout_of(agent.llm_config)
 
@@ -229,7 +247,7 @@ class AgentFactory:
             return messages
 
         agent.register_hook("safeguard_llm_inputs", check_budget)
-        if agent.llm_config:  # after its tools: offering one rebuilds the agent's OpenAIWrapper
+        if agent.llm_config and not has_client:  # after its tools: offering one rebuilds the wrapper
             # AutoGen fills one placeholder per call: once for each entry of the config_list.
             for _ in range(_entries_of(agent.llm_config, ServerModelClient.__name__)):
                 agent.register_model_client(
@@ -238,6 +256,22 @@ class AgentFactory:
         answer_silence_as_never(agent)  # no human answer acts as NEVER mode (see iostream.py)
         self.transcript.attach(agent)
         return agent
+
+
+_WHITESPACE = re.compile(r"\s")
+
+
+def _shareable(name: str, llm_config: dict[str, Any] | bool) -> bool:
+    """Whether an agent with this llm_config may take the process's shared wrapper; the name
+    rule AutoGen applies to an agent built with an llm_config, as a 400 (it is a ValueError
+    from deep inside AutoGen otherwise)."""
+    if llm_config is False or not isinstance(llm_config, dict):
+        return False
+    if _WHITESPACE.search(name):
+        raise WorkflowConfigError(
+            f"agent '{name}': an agent with an llm_config may not have whitespace in its name"
+        )
+    return True
 
 
 def _entries_of(llm_config: Any, client_cls: str) -> int:

@@ -17,18 +17,29 @@ own `OpenAIClient.create`, unchanged. Nothing is cached: every call reaches the 
 AutoGen also asks `inspect.getfullargspec(OpenAI.__init__)` for every key of every config an
 agent is built with (`OpenAIWrapper.openai_kwargs`); `cache_sdk_signatures` gives those two
 functions the signature inspect would compute, once (`__signature__`, inspect's own hook).
+
+Building an agent with an llm_config still costs AutoGen a validated `LLMConfig` and an
+`OpenAIWrapper` (about 0.6 ms an agent, 36 `getfullargspec` calls of it): `shared_wrapper` keeps
+one pair per distinct resolved llm_config per process, for agents that never change theirs (no
+tools offered: offering one rewrites the agent's config and wrapper). A wrapper holds no
+conversation state, only its config list and its clients; what it does keep, its usage summary,
+this server does not read (every call is counted from AutoGen's completion log, `usage.py`).
+A config naming a run's own tag (the embedded model's calls, stoppable per run) is its own key,
+so it is simply built again for the next run.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import threading
 from collections import OrderedDict
-from typing import Any
+from typing import Any, cast
 
 import openai
-from autogen.oai.client import OpenAIClient
+from autogen import LLMConfig
+from autogen.oai.client import OpenAIClient, OpenAIWrapper
 from openai.types.chat import ChatCompletion
 
 # Which keys of a config entry are `openai.OpenAI(...)` arguments.
@@ -36,12 +47,14 @@ _OPENAI_KWARGS = frozenset(inspect.signature(openai.OpenAI.__init__).parameters)
 # Request options of the SDK's own create that a plain post would not apply.
 _SDK_ONLY = frozenset({"extra_headers", "extra_query", "extra_body", "timeout"})
 _MAX_CLIENTS = 256
+_MAX_WRAPPERS = 128
 # Keys of an entry that are this client's, not the request's.
 _ENDPOINT = "autobots_endpoint"
 _OURS = frozenset({"model_client_cls", _ENDPOINT})
 
 _lock = threading.Lock()
 _clients: OrderedDict[tuple[Any, ...], openai.OpenAI] = OrderedDict()
+_wrappers: OrderedDict[Any, tuple[LLMConfig, OpenAIWrapper]] = OrderedDict()
 
 
 class _QuietPlaceholders(logging.Filter):
@@ -70,6 +83,8 @@ def _frozen(value: Any) -> Any:
         return tuple(_frozen(v) for v in value)
     if isinstance(value, str | int | float | bool) or value is None:
         return value
+    if isinstance(value, Endpoint):  # a new one per resolution: equal by what it holds
+        return ("endpoint", _frozen(value.kwargs))
     return ("id", id(value))  # an HTTP client: shared by identity
 
 
@@ -152,3 +167,26 @@ class ServerModelClient(OpenAIClient):
             and model != "deepseek-reasoner"
             and not _SDK_ONLY.intersection(params)
         )
+
+
+def shared_wrapper(llm_config: dict[str, Any]) -> tuple[LLMConfig, OpenAIWrapper]:
+    """The process's validated `LLMConfig` and `OpenAIWrapper` (this client registered in it) for
+    a resolved llm_config, built as AutoGen's agent constructor builds them. Neither may be
+    changed by whoever uses them: they serve every agent of the process built from that config."""
+    key = _frozen(llm_config)
+    with _lock:
+        found = _wrappers.get(key)
+        if found is not None:
+            _wrappers.move_to_end(key)
+            return found
+    config = LLMConfig.ensure_config(copy.deepcopy(llm_config))  # it takes `config_list` out
+    wrapper = OpenAIWrapper(**config)
+    for entry in config.config_list:
+        if getattr(entry, "model_client_cls", None) == ServerModelClient.__name__:
+            wrapper.register_model_client(cast(Any, ServerModelClient))  # the class: one placeholder
+    with _lock:
+        found = _wrappers.setdefault(key, (config, wrapper))
+        _wrappers.move_to_end(key)
+        while len(_wrappers) > _MAX_WRAPPERS:
+            _wrappers.popitem(last=False)
+    return found
