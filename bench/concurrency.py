@@ -15,6 +15,9 @@ are streamed from the other one. The two are printed side by side, each figure w
 with the CPU seconds each kind of process used (to tell which one is CPU-bound) and how much of
 the machine's CPU other load took meanwhile (the machine is shared).
 
+`bench/autogen_concurrency.py` runs the same workload in plain AutoGen, in one process with no
+server, for comparison.
+
 "First agent reply" is the first `llm_call` event a run's SSE stream delivers, timed from the
 POST, minus the LLM's latency: what the server adds before the first answer reaches the client.
 
