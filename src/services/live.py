@@ -39,7 +39,10 @@ class LiveRun:
     flushed_seq: int = 0  # every event up to this id is stored
     events: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
     changed: threading.Condition = field(default_factory=lambda: threading.Condition(threading.RLock()))
-    concluded: bool = False  # the terminal status is announced; nothing follows it
+    concluded: bool = False  # the terminal status is announced; nothing follows it (`conclude`)
+    # Set with `concluded`: a thread that waits only for the end (a blocking request) waits here,
+    # not on `changed`, which wakes every waiter at every event the run emits.
+    ended: threading.Event = field(default_factory=threading.Event)
     files_kept: bool = False  # the distributed mode: its session's files are stored for others
     reply: Message | None = None
     error: RunFailed | None = None
@@ -50,6 +53,11 @@ class LiveRun:
     @property
     def run_id(self) -> str:
         return self.prepared.run_id
+
+    def conclude(self) -> None:
+        """Called with `changed` held: nothing more is emitted from now."""
+        self.concluded = True
+        self.ended.set()
 
 
 class LiveFeed(EventFeed):

@@ -112,7 +112,7 @@ class RunWorker:
         if live is None:
             return
         with live.changed:
-            live.concluded = True
+            live.conclude()
             live.changed.notify_all()
         live.control.cancel()
         self._b.inputs.wake()
@@ -268,7 +268,7 @@ class RunWorker:
                 self._append(live, EventKind.ERROR, {"message": str(error), "kind": type(error).__name__})
             live.status = status
             self._append(live, EventKind.STATUS, {"status": status})
-            live.concluded = True
+            live.conclude()
             return True
 
     def on_stop(self, run_id: str) -> None:

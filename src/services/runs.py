@@ -137,9 +137,7 @@ class RunManager:
         worker, a cancel, a shutdown) decides the outcome: an answer, or the failure raised."""
         prepared, live = self._start(message, flow, False, workflow, history)
         if live is not None:
-            with live.changed:
-                while not live.concluded:
-                    live.changed.wait()
+            live.ended.wait()  # woken once, at the end, not at each of the run's events
             self._writer.flush()  # the run's events are stored before its answer is returned
             if live.reply is not None:
                 return live.reply
