@@ -18,13 +18,11 @@ so that the two tell what the server adds and what the GIL costs AutoGen itself.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import statistics
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -33,22 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 from autogen import AssistantAgent, UserProxyAgent  # noqa: E402
 from autogen.io.base import IOStream  # noqa: E402
-from concurrency import CALLS_PER_RUN, percentile, verdict  # noqa: E402
+from concurrency import CALLS_PER_RUN, percentile, respond, verdict  # noqa: E402
+from llm_process import LLMProcess  # noqa: E402
 from overhead import Quiet, SharedClient, ends_with_terminate, llm_config  # noqa: E402
-
-from tests.support.scripted_llm import ScriptedLLM  # noqa: E402
-
-
-def _respond(body: dict[str, Any]) -> str:
-    # As concurrency.py's: call k of a run sees 2k messages.
-    return "Done. TERMINATE" if len(body["messages"]) >= 2 * CALLS_PER_RUN else "Working on it."
-
-
-def _serve_llm(conn: Connection, latency: float) -> None:
-    llm = ScriptedLLM(latency=latency, responder=_respond).start()
-    conn.send(llm.base_url)
-    conn.recv()  # until told to stop
-    llm.stop()
 
 
 def one_run(base_url: str, client: SharedClient, gate: threading.Barrier) -> dict[str, float]:
@@ -85,11 +70,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--latency", type=float, default=0.5)
     args = parser.parse_args()
-    ctx = multiprocessing.get_context("fork")  # before this process starts any thread
-    conn, child = ctx.Pipe()
-    proc = ctx.Process(target=_serve_llm, args=(child, args.latency), daemon=True)
-    proc.start()
-    base_url = conn.recv()
+    llm = LLMProcess(respond, args.latency)  # forked before this process starts any thread
+    base_url = llm.base_url
     client = SharedClient()
     try:
         one_run(base_url, client, threading.Barrier(1))  # warm up: imports, first connection
@@ -99,8 +81,7 @@ def main() -> None:
             results = list(pool.map(lambda _: one_run(base_url, client, gate), range(args.runs)))
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     finally:
-        conn.send("stop")
-        proc.join(5)
+        llm.stop()
     ideal = CALLS_PER_RUN * args.latency
     wrong = sum(1 for r in results if r["calls"] != CALLS_PER_RUN)
     replies = [r["first"] - args.latency for r in results]

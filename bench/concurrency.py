@@ -1,5 +1,6 @@
 """100 runs at once through /api/runs, each making 4 LLM calls to a scripted server that answers
-every call after 500 ms: the ideal wall time is 2 s.
+every call after 500 ms: the ideal wall time is 2 s. The scripted server runs in a process of its
+own (`llm_process.py`): in this one it would share the 100 clients' interpreter lock.
 
 Prints wall time against the ideal, p50/p99 time from POST to the first event and to the first
 agent reply (over the LLM's own 500 ms), errors, and server memory per concurrent run.
@@ -43,9 +44,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import requests  # noqa: E402
+from llm_process import LLMProcess  # noqa: E402
 
 from tests.support import workflows as wf  # noqa: E402
-from tests.support.scripted_llm import ScriptedLLM  # noqa: E402
 from tests.support.server import start_server  # noqa: E402
 from tests.support.sse import read_events  # noqa: E402
 
@@ -138,12 +139,10 @@ def flow_config() -> dict[str, Any]:
     )
 
 
-def scripted_llm(latency: float) -> ScriptedLLM:
-    def respond(body: dict) -> str:
-        # Call k of a run sees 2k messages (system, task, then reply/auto-reply pairs).
-        return "Done. TERMINATE" if len(body["messages"]) >= 2 * CALLS_PER_RUN else "Working on it."
-
-    return ScriptedLLM(latency=latency, responder=respond).start()
+def respond(body: dict[str, Any]) -> str:
+    """The scripted LLM's answer: call k of a run sees 2k messages (system, task, then
+    reply/auto-reply pairs)."""
+    return "Done. TERMINATE" if len(body["messages"]) >= 2 * CALLS_PER_RUN else "Working on it."
 
 
 def workload(submit: list[str], stream: list[str], runs: int, flow: dict[str, Any]) -> list[dict[str, Any]]:
@@ -249,7 +248,7 @@ class Spy:
 # the default mode: one process ------------------------------------------------------------------
 
 
-def measure_default(args: argparse.Namespace, llm: ScriptedLLM, flow: dict[str, Any]) -> Outcome:
+def measure_default(args: argparse.Namespace, llm: LLMProcess, flow: dict[str, Any]) -> Outcome:
     load = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         server = start_server(Path(tmp), env={"OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": llm.base_url})
@@ -258,7 +257,7 @@ def measure_default(args: argparse.Namespace, llm: ScriptedLLM, flow: dict[str, 
             # Warm up: imports, first client, SQLite pages.
             warm = server.post("/api/messages", {"message": wf.message("warm", "hi"), "flow_config": flow})
             assert warm.status_code == 200, warm.text
-            llm.served.clear()
+            llm.reset()
             idle = rss_kib(pid)
             peak = [idle]
             stop = threading.Event()
@@ -273,7 +272,7 @@ def measure_default(args: argparse.Namespace, llm: ScriptedLLM, flow: dict[str, 
             if args.distributed:  # side by side: the same accounting as the distributed mode's
                 from distributed import CpuMeter
 
-                meter = CpuMeter({"server": [pid]})
+                meter = CpuMeter({"server": [pid], "scripted LLM": [llm.pid]}, self_label="bench client")
                 meter.start()
             spy = Spy(pid, args.profile_raw, args.rate) if args.profile else None
             cpu0 = cpu_seconds(pid)
@@ -289,7 +288,7 @@ def measure_default(args: argparse.Namespace, llm: ScriptedLLM, flow: dict[str, 
             sampler.join()
         finally:
             server.stop()
-    served = len(llm.served)  # what the scripted LLM answered during the timed part
+    served = llm.served.value  # what the scripted LLM answered during the timed part
     outcome = Outcome(
         "default (1 process)",
         args.runs,
@@ -345,7 +344,7 @@ def print_default(o: Outcome) -> None:
 # the distributed mode: 2 API processes, 2 workers ---------------------------------------------
 
 
-def measure_distributed(args: argparse.Namespace, llm: ScriptedLLM, flow: dict[str, Any]) -> Outcome:
+def measure_distributed(args: argparse.Namespace, llm: LLMProcess, flow: dict[str, Any]) -> Outcome:
     from distributed import PeakRss, bench_cluster
 
     with bench_cluster(llm.base_url) as cluster:
@@ -358,19 +357,20 @@ def measure_distributed(args: argparse.Namespace, llm: ScriptedLLM, flow: dict[s
         warm = workload(urls, urls[1:] + urls[:1], 4 * len(urls), flow)
         assert not any(r["error"] for r in warm), warm
         time.sleep(1)  # the warm runs' last writes
-        llm.served.clear()
+        llm.reset()
         load = load_average()
         rss = PeakRss(
             [a.process.pid for a in cluster.apis] + [w.process.pid for w in cluster.workers]
         ).start()
         meter = cluster.cpu_meter()
+        meter.kinds["scripted LLM"], meter.self_label = [llm.pid], "bench client"
         meter.start()
         t0 = time.perf_counter()
         results = workload(urls, urls[1:] + urls[:1], args.runs, flow)
         wall = time.perf_counter() - t0
         meter.stop()
         rss.stop()
-        served = len(llm.served)
+        served = llm.served.value
     return Outcome(
         f"distributed ({args.apis} API + {args.workers} workers)",
         args.runs,
@@ -490,7 +490,7 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=100, help="with --profile: py-spy's samples a second")
     args = parser.parse_args()
 
-    llm = scripted_llm(args.latency)
+    llm = LLMProcess(respond, args.latency)  # its own process: it shares no GIL with the clients
     flow = flow_config()
     try:
         if not args.distributed:
@@ -499,7 +499,7 @@ def main() -> None:
         outcomes = []
         if not args.skip_default:
             outcomes.append(measure_default(args, llm, flow))
-            llm.served.clear()
+            llm.reset()
         outcomes.append(measure_distributed(args, llm, flow))
     finally:
         llm.stop()

@@ -134,6 +134,7 @@ class CpuMeter:
 
     kinds: dict[str, list[int]]  # kind -> root pids of its process trees
     include_self: bool = True
+    self_label: str = "bench client + LLM"  # this process: its clients and, here, the scripted LLM
     used: dict[str, float] = field(default_factory=dict)
     busy_s: float = 0.0  # the whole machine's busy CPU seconds meanwhile
     _before: dict[str, float] = field(default_factory=dict)
@@ -142,7 +143,7 @@ class CpuMeter:
     def _read(self) -> dict[str, float]:
         now = {kind: sum(tree_cpu_s(p) for p in pids) for kind, pids in self.kinds.items()}
         if self.include_self:
-            now["bench client + LLM"] = self_cpu_s()
+            now[self.self_label] = self_cpu_s()
         return now
 
     def start(self) -> None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import linecache
-import multiprocessing
 import os
 import re
 import shutil
@@ -42,8 +41,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
-from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +51,9 @@ import httpx  # noqa: E402
 from autogen import AssistantAgent, GroupChat, GroupChatManager, UserProxyAgent  # noqa: E402
 from autogen.io.base import IOStream  # noqa: E402
 from concurrency import cpu_seconds  # noqa: E402  (server CPU from /proc: master and worker)
+from llm_process import LLMProcess  # noqa: E402
 
 from tests.support import workflows as wf  # noqa: E402
-from tests.support.scripted_llm import ScriptedLLM  # noqa: E402
 from tests.support.server import RunningServer, start_server  # noqa: E402
 
 KEY = "sk-bench"
@@ -154,35 +151,9 @@ WORKLOADS = [
 # the scripted LLM, in a process of its own ------------------------------------------------------
 
 
-def _respond(body: dict[str, Any]) -> str:
+def scripted_answer(body: dict[str, Any]) -> str:
     messages = body.get("messages") or [{}]
     return "4 TERMINATE" if messages[0].get("content") == CHAT_SYSTEM else "Noted."
-
-
-def _serve_llm(conn: Connection, served: Synchronized) -> None:
-    def respond(body: dict[str, Any]) -> str:
-        with served.get_lock():
-            served.value += 1
-        return _respond(body)
-
-    llm = ScriptedLLM(responder=respond).start()
-    conn.send(llm.base_url)
-    conn.recv()  # until told to stop
-    llm.stop()
-
-
-class LLMProcess:
-    def __init__(self) -> None:
-        ctx = multiprocessing.get_context("fork")  # before this process starts any thread
-        self.served: Synchronized = ctx.Value("i", 0)
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve_llm, args=(child, self.served), daemon=True)
-        self._proc.start()
-        self.base_url: str = self._conn.recv()
-
-    def stop(self) -> None:
-        self._conn.send("stop")
-        self._proc.join(5)
 
 
 # measuring -------------------------------------------------------------------------------------
@@ -412,7 +383,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="where the server's CPU goes (py-spy)")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples a second (--profile)")
     args = parser.parse_args()
-    llm = LLMProcess()
+    llm = LLMProcess(scripted_answer)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             server = start_server(Path(tmp), env={"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": llm.base_url})

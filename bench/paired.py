@@ -74,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.old_src / "__init__.py").exists():
         raise SystemExit(f"{args.old_src} is not a src/ folder of autobots")
-    llm = overhead.LLMProcess()
+    llm = overhead.LLMProcess(overhead.scripted_answer)
     env = {"OPENAI_API_KEY": overhead.KEY, "OPENAI_BASE_URL": llm.base_url}
     servers: dict[str, RunningServer] = {}
     try:
