@@ -2,7 +2,7 @@
 the request AutoGen's own client would and reads the same answer; the event writer's flush,
 run from any thread, leaves every row put before it stored, in order; ending a run twice
 stores one answer; each thread's LLM calls go through a connection pool of its own; agents sharing
-the process's AutoGen wrapper call with their own config. (Their speed is bench/overhead.py's to show.)"""
+their thread's AutoGen wrapper call with their own config. (Their speed is bench/overhead.py's to show.)"""
 
 from __future__ import annotations
 
@@ -163,7 +163,7 @@ def test_each_thread_keeps_its_own_connection_and_a_gone_thread_s_is_closed():
 
 
 def test_runs_of_different_llm_configs_each_call_with_their_own(server, llm, user_id):
-    """Agents of one config share the process's AutoGen wrapper; none may call with another's."""
+    """Agents of one config share their thread's AutoGen wrapper; none may call with another's."""
     llm.responder = lambda body: "ok TERMINATE"
     asked = [("gpt-4o-mini", 0.1), ("gpt-4o", 0.7), ("gpt-4o-mini", 0.7), ("gpt-4o-mini", 0.1)]
     for model, temperature in asked:

@@ -6,7 +6,7 @@ before each LLM call, opens the call's time budget (`llm/budget.py`: all its tri
 timeout), and reports each message it says to the run's transcript. Agents with an LLM call it
 through the server's registered model client (`llm/model_client.py`: AutoGen's public
 `register_model_client`), which shares one OpenAI client per endpoint across the process; an
-agent offered no tools also takes the process's AutoGen `LLMConfig` and `OpenAIWrapper` for its
+agent offered no tools also takes its thread's AutoGen `LLMConfig` and `OpenAIWrapper` for its
 config (`shared_wrapper`: neither holds conversation state) instead of building its own, set as
 the agent's public `llm_config` and `client` after it is built without one. The agents
 themselves stay fresh per request.
@@ -102,9 +102,14 @@ class AgentFactory:
 
     def llm_config_for(self, spec: AgentFlowSpec) -> dict[str, Any] | bool:
         """AutoGen's llm_config for an agent; assistants and managers get the default model."""
+        return self._resolved(spec)[0]
+
+    def _resolved(self, spec: AgentFlowSpec) -> tuple[dict[str, Any] | bool, bool]:
+        """The agent's llm_config, and whether it is the same for every run (not tagged with this
+        run, as the embedded model's stoppable calls are): only such a config is worth keeping."""
         cfg = spec.config.llm_config
         if cfg is False or (cfg is None and spec.type is AgentType.userproxy):
-            return False
+            return False, False
         try:
             resolved = self._resolve_llm(cfg or LLMConfig())
         except NoUsableEndpoint as exc:
@@ -115,15 +120,15 @@ class AgentFactory:
         for model in resolved.requested_models:
             if model not in self.requested_models:
                 self.requested_models.append(model)
-        return resolved.llm_config
+        return resolved.llm_config, not resolved.stoppers
 
     def build(self, spec: AgentFlowSpec) -> ConversableAgent:
         if spec.type is AgentType.groupchat:
             return self.group_manager(spec, spec.agents)
         cfg = spec.config
-        llm_config = self.llm_config_for(spec)
+        llm_config, reusable = self._resolved(spec)
         # Offering a tool rewrites the agent's llm_config and wrapper: such an agent has its own.
-        shared = _shareable(spec.agent_name, llm_config) and not (cfg.skills or cfg.mcp_servers)
+        shared = _shareable(spec.agent_name, llm_config) and reusable and not (cfg.skills or cfg.mcp_servers)
         kwargs: dict[str, Any] = {
             "name": spec.agent_name,
             "llm_config": False if shared else llm_config,
@@ -176,14 +181,14 @@ class AgentFactory:
         """A manager over fresh members; without a manager spec, defaults suitable for most teams."""
         built = [self.build(m) for m in members]
         cfg = spec.config if spec is not None else AgentConfig(name="group_chat_manager")
-        own = self.llm_config_for(spec) if spec is not None else False
+        own, reusable = self._resolved(spec) if spec is not None else (False, False)
         shared: AutogenLLMConfig | None = None
         client: OpenAIWrapper | None = None
         if own is False:  # a member's (an LLMConfig), with that member's wrapper
             donor = next((a for a in built if a.llm_config), None)
             if donor is not None and donor.llm_config:
                 shared, client = donor.llm_config, donor.client
-        elif isinstance(own, dict) and _shareable(cfg.name, own):
+        elif isinstance(own, dict) and _shareable(cfg.name, own) and reusable:
             shared, client = shared_wrapper(own)
         llm_config: dict[str, Any] | AutogenLLMConfig | bool = shared if shared is not None else own
         method = cfg.speaker_selection_method.value

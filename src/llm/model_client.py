@@ -20,12 +20,13 @@ functions the signature inspect would compute, once (`__signature__`, inspect's 
 
 Building an agent with an llm_config still costs AutoGen a validated `LLMConfig` and an
 `OpenAIWrapper` (about 0.6 ms an agent, 36 `getfullargspec` calls of it): `shared_wrapper` keeps
-one pair per distinct resolved llm_config per process, for agents that never change theirs (no
+one pair per distinct resolved llm_config per thread, for agents that never change theirs (no
 tools offered: offering one rewrites the agent's config and wrapper). A wrapper holds no
-conversation state, only its config list and its clients; what it does keep, its usage summary,
-this server does not read (every call is counted from AutoGen's completion log, `usage.py`).
-A config naming a run's own tag (the embedded model's calls, stoppable per run) is its own key,
-so it is simply built again for the next run.
+conversation state, but it is not safe to share across threads: each call adds to its usage
+summaries, which AutoGen iterates at the end of every chat (`gather_usage_summary`), and to its
+response metadata. Per thread, its calls come one at a time, as in any single AutoGen program: a
+run's agents are built and used in the run's thread (parallel receivers build theirs in their
+own). A config tagged with its run (the embedded model's calls, stoppable per run) is never kept.
 """
 
 from __future__ import annotations
@@ -47,14 +48,14 @@ _OPENAI_KWARGS = frozenset(inspect.signature(openai.OpenAI.__init__).parameters)
 # Request options of the SDK's own create that a plain post would not apply.
 _SDK_ONLY = frozenset({"extra_headers", "extra_query", "extra_body", "timeout"})
 _MAX_CLIENTS = 256
-_MAX_WRAPPERS = 128
+_MAX_WRAPPERS = 16  # per thread: a run pool's threads times this many configs at most
 # Keys of an entry that are this client's, not the request's.
 _ENDPOINT = "autobots_endpoint"
 _OURS = frozenset({"model_client_cls", _ENDPOINT})
 
 _lock = threading.Lock()
 _clients: OrderedDict[tuple[Any, ...], openai.OpenAI] = OrderedDict()
-_wrappers: OrderedDict[Any, tuple[LLMConfig, OpenAIWrapper]] = OrderedDict()
+_local = threading.local()  # .wrappers: this thread's OrderedDict of config key -> pair
 
 
 class _QuietPlaceholders(logging.Filter):
@@ -170,23 +171,23 @@ class ServerModelClient(OpenAIClient):
 
 
 def shared_wrapper(llm_config: dict[str, Any]) -> tuple[LLMConfig, OpenAIWrapper]:
-    """The process's validated `LLMConfig` and `OpenAIWrapper` (this client registered in it) for
+    """This thread's validated `LLMConfig` and `OpenAIWrapper` (this client registered in it) for
     a resolved llm_config, built as AutoGen's agent constructor builds them. Neither may be
-    changed by whoever uses them: they serve every agent of the process built from that config."""
+    changed by whoever uses them: they serve every agent this thread builds from that config."""
+    wrappers: OrderedDict[Any, tuple[LLMConfig, OpenAIWrapper]] | None = getattr(_local, "wrappers", None)
+    if wrappers is None:
+        wrappers = _local.wrappers = OrderedDict()
     key = _frozen(llm_config)
-    with _lock:
-        found = _wrappers.get(key)
-        if found is not None:
-            _wrappers.move_to_end(key)
-            return found
+    found = wrappers.get(key)
+    if found is not None:
+        wrappers.move_to_end(key)
+        return found
     config = LLMConfig.ensure_config(copy.deepcopy(llm_config))  # it takes `config_list` out
     wrapper = OpenAIWrapper(**config)
     for entry in config.config_list:
         if getattr(entry, "model_client_cls", None) == ServerModelClient.__name__:
             wrapper.register_model_client(cast(Any, ServerModelClient))  # the class: one placeholder
-    with _lock:
-        found = _wrappers.setdefault(key, (config, wrapper))
-        _wrappers.move_to_end(key)
-        while len(_wrappers) > _MAX_WRAPPERS:
-            _wrappers.popitem(last=False)
-    return found
+    wrappers[key] = (config, wrapper)
+    while len(wrappers) > _MAX_WRAPPERS:
+        wrappers.popitem(last=False)
+    return config, wrapper
