@@ -100,13 +100,10 @@ class AgentFactory:
         # Stop the agents' LLM calls in flight where the endpoint can (the embedded model).
         self.stoppers: list[Callable[[], None]] = []
 
-    def llm_config_for(self, spec: AgentFlowSpec) -> dict[str, Any] | bool:
-        """AutoGen's llm_config for an agent; assistants and managers get the default model."""
-        return self._resolved(spec)[0]
-
     def _resolved(self, spec: AgentFlowSpec) -> tuple[dict[str, Any] | bool, bool]:
-        """The agent's llm_config, and whether it is the same for every run (not tagged with this
-        run, as the embedded model's stoppable calls are): only such a config is worth keeping."""
+        """AutoGen's llm_config for an agent (assistants and managers get the default model), and
+        whether it is the same for every run (not tagged with this run, as the embedded model's
+        stoppable calls are): only such a config is worth keeping."""
         cfg = spec.config.llm_config
         if cfg is False or (cfg is None and spec.type is AgentType.userproxy):
             return False, False
