@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import overhead  # noqa: E402
 from concurrency import cpu_seconds  # noqa: E402
+from llm_process import LLMProcess  # noqa: E402
 
 from tests.support.server import RunningServer, start_server  # noqa: E402
 
@@ -74,7 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.old_src / "__init__.py").exists():
         raise SystemExit(f"{args.old_src} is not a src/ folder of autobots")
-    llm = overhead.LLMProcess(overhead.scripted_answer)
+    llm = LLMProcess(overhead.scripted_answer)
     env = {"OPENAI_API_KEY": overhead.KEY, "OPENAI_BASE_URL": llm.base_url}
     servers: dict[str, RunningServer] = {}
     try:

@@ -124,8 +124,9 @@ class AgentFactory:
             return self.group_manager(spec, spec.agents)
         cfg = spec.config
         llm_config, reusable = self._resolved(spec)
+        _check_name(spec.agent_name, llm_config)
         # Offering a tool rewrites the agent's llm_config and wrapper: such an agent has its own.
-        shared = _shareable(spec.agent_name, llm_config) and reusable and not (cfg.skills or cfg.mcp_servers)
+        shared = reusable and not (cfg.skills or cfg.mcp_servers)
         kwargs: dict[str, Any] = {
             "name": spec.agent_name,
             "llm_config": False if shared else llm_config,
@@ -185,7 +186,8 @@ class AgentFactory:
             donor = next((a for a in built if a.llm_config), None)
             if donor is not None and donor.llm_config:
                 shared, client = donor.llm_config, donor.client
-        elif isinstance(own, dict) and _shareable(cfg.name, own) and reusable:
+        elif isinstance(own, dict) and reusable:
+            _check_name(cfg.name, own)
             shared, client = shared_wrapper(own)
         llm_config: dict[str, Any] | AutogenLLMConfig | bool = shared if shared is not None else own
         method = cfg.speaker_selection_method.value
@@ -263,17 +265,14 @@ class AgentFactory:
 _WHITESPACE = re.compile(r"\s")
 
 
-def _shareable(name: str, llm_config: dict[str, Any] | bool) -> bool:
-    """Whether an agent with this llm_config may take the process's shared wrapper; the name
-    rule AutoGen applies to an agent built with an llm_config, as a 400 (it is a ValueError
-    from deep inside AutoGen otherwise)."""
-    if llm_config is False or not isinstance(llm_config, dict):
-        return False
-    if _WHITESPACE.search(name):
+def _check_name(name: str, llm_config: dict[str, Any] | bool) -> None:
+    """The name rule AutoGen applies to an agent built with an llm_config, as a 400: AutoGen
+    checks it only in the constructor of an agent given its llm_config (a ValueError from deep
+    inside it), and an agent taking its thread's shared wrapper is built without one."""
+    if llm_config is not False and _WHITESPACE.search(name):
         raise WorkflowConfigError(
             f"agent '{name}': an agent with an llm_config may not have whitespace in its name"
         )
-    return True
 
 
 def _entries_of(llm_config: Any, client_cls: str) -> int:
